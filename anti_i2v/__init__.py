@@ -1,0 +1,1 @@
+"""Anti-I2V library."""

@@ -1,0 +1,305 @@
+"""Loss terms of the protect objective (all minimised), composable by addition.
+
+* :class:`IRALoss` - Internal Representation Attack (Anti-I2V Sec. 3.2): layer-wise squared L2 between the
+  features of the perturbed image and of an unrelated target image, on denoiser blocks and VAE-encoder layers.
+* :class:`IRCLoss` - Internal Representation Collapse (Sec. 3.3): squared L2 between the output of a deep
+  block ``j`` and a shallow block ``i`` for the perturbed image; deep semantics collapse onto shallow structure.
+* :class:`DiffusionLoss` - the AdvDM baseline: the negated denoising loss (maximises the model's error).
+* :class:`EncoderLoss` - the PhotoGuard encoder baseline: VAE latent of the perturbed image pulled to the
+  target's latent.
+
+Every term says which features it needs from the adversarial pass and from the target pass
+(:class:`~anti_i2v.surrogates.base.FeatureRequest`); the loop runs each pass once for all terms.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from .surrogates.base import FeatureRequest, Features
+
+__all__ = [
+    "LossTerm",
+    "IRALoss",
+    "IRCLoss",
+    "DiffusionLoss",
+    "EncoderLoss",
+    "Objective",
+    "parse_indices",
+    "parse_pairs",
+]
+
+
+def _msq(a: Tensor, b: Tensor) -> Tensor:
+    """Mean squared difference in float32 (the per-layer squared L2 normalised by size)."""
+    return (a.float() - b.float()).pow(2).mean()
+
+
+def _check_weight(weight: float) -> float:
+    w = float(weight)
+    if not math.isfinite(w):
+        raise ValueError(f"loss weight must be a finite number, got {weight}")
+    return w
+
+
+class LossTerm(abc.ABC):
+    """One weighted term of the objective."""
+
+    name: str = "term"
+    weight: float = 1.0
+
+    @abc.abstractmethod
+    def request(self) -> FeatureRequest:
+        """Features this term reads from the adversarial pass."""
+
+    def target_request(self) -> FeatureRequest:
+        """Features this term reads from the target pass (empty: no target pass needed)."""
+        return FeatureRequest()
+
+    @abc.abstractmethod
+    def value(self, adv: Features, target: Features | None) -> Tensor:
+        """The unweighted scalar value."""
+
+    def describe(self) -> dict:
+        return {"name": self.name, "weight": self.weight}
+
+    def __add__(self, other: "LossTerm | Objective") -> "Objective":
+        return Objective((self,)) + other
+
+
+@dataclass(frozen=True)
+class IRALoss(LossTerm):
+    """Internal Representation Attack: sum over layers of mean ||f(x_adv) - f(x_target)||^2.
+
+    Args:
+        blocks: denoiser block indices.
+        vae_layers: VAE-encoder layer indices.
+        weight: multiplier of the term.
+    """
+
+    blocks: tuple[int, ...] = ()
+    vae_layers: tuple[int, ...] = ()
+    weight: float = 1.0
+    name: str = "ira"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(sorted(set(int(i) for i in self.blocks))))
+        object.__setattr__(self, "vae_layers", tuple(sorted(set(int(i) for i in self.vae_layers))))
+        object.__setattr__(self, "weight", _check_weight(self.weight))
+        if not self.blocks and not self.vae_layers:
+            raise ValueError("IRALoss needs at least one denoiser block or VAE-encoder layer")
+
+    def request(self) -> FeatureRequest:
+        return FeatureRequest(blocks=frozenset(self.blocks), vae_layers=frozenset(self.vae_layers))
+
+    def target_request(self) -> FeatureRequest:
+        return self.request()
+
+    def value(self, adv: Features, target: Features | None) -> Tensor:
+        if target is None:
+            raise ValueError("IRALoss needs the target pass (a target image)")
+        parts = [_msq(adv.blocks[i], target.blocks[i]) for i in self.blocks]
+        parts += [_msq(adv.vae[i], target.vae[i]) for i in self.vae_layers]
+        return torch.stack(parts).sum()
+
+    def describe(self) -> dict:
+        return {"name": self.name, "weight": self.weight, "blocks": list(self.blocks),
+                "vae_layers": list(self.vae_layers)}
+
+
+@dataclass(frozen=True)
+class IRCLoss(LossTerm):
+    """Internal Representation Collapse: sum over pairs (i, j) of mean ||f_j(x_adv) - f_i(x_adv)||^2.
+
+    Args:
+        pairs: (shallow i, deep j) block index pairs; the two blocks must output features of one shape.
+        weight: multiplier of the term.
+        detach_shallow: treat the shallow block as a fixed target (gradient only through block j).
+    """
+
+    pairs: tuple[tuple[int, int], ...] = ((3, 27),)
+    weight: float = 1.0
+    detach_shallow: bool = False
+    name: str = "irc"
+
+    def __post_init__(self) -> None:
+        pairs = tuple((int(i), int(j)) for i, j in self.pairs)
+        if not pairs:
+            raise ValueError("IRCLoss needs at least one (shallow, deep) block pair")
+        for i, j in pairs:
+            if i == j:
+                raise ValueError(f"IRCLoss pair ({i}, {j}) uses the same block twice")
+        object.__setattr__(self, "pairs", pairs)
+        object.__setattr__(self, "weight", _check_weight(self.weight))
+
+    def request(self) -> FeatureRequest:
+        return FeatureRequest(blocks=frozenset(b for p in self.pairs for b in p))
+
+    def value(self, adv: Features, target: Features | None) -> Tensor:
+        parts = []
+        for i, j in self.pairs:
+            fi, fj = adv.blocks[i], adv.blocks[j]
+            if fi.shape != fj.shape:
+                raise ValueError(
+                    f"IRCLoss pair ({i}, {j}): block {i} outputs {tuple(fi.shape)} but block {j} outputs "
+                    f"{tuple(fj.shape)}; pick two blocks with the same feature shape"
+                )
+            parts.append(_msq(fj, fi.detach() if self.detach_shallow else fi))
+        return torch.stack(parts).sum()
+
+    def describe(self) -> dict:
+        return {"name": self.name, "weight": self.weight, "pairs": [list(p) for p in self.pairs],
+                "detach_shallow": self.detach_shallow}
+
+
+@dataclass(frozen=True)
+class DiffusionLoss(LossTerm):
+    """AdvDM: minus the denoising loss ||model(x_t) - target||^2, so minimising it maximises the error."""
+
+    weight: float = 1.0
+    name: str = "advdm"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", _check_weight(self.weight))
+
+    def request(self) -> FeatureRequest:
+        return FeatureRequest(need_output=True)
+
+    def value(self, adv: Features, target: Features | None) -> Tensor:
+        assert adv.output is not None and adv.target is not None
+        return -_msq(adv.output, adv.target)
+
+
+@dataclass(frozen=True)
+class EncoderLoss(LossTerm):
+    """PhotoGuard encoder attack: mean ||E(x_adv) - E(x_target)||^2 on the image latent."""
+
+    weight: float = 1.0
+    name: str = "photoguard"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", _check_weight(self.weight))
+
+    def request(self) -> FeatureRequest:
+        return FeatureRequest(need_latent=True)
+
+    def target_request(self) -> FeatureRequest:
+        return FeatureRequest(need_latent=True)
+
+    def value(self, adv: Features, target: Features | None) -> Tensor:
+        if target is None:
+            raise ValueError("EncoderLoss needs the target pass (a target image)")
+        assert adv.latent is not None and target.latent is not None
+        return _msq(adv.latent, target.latent)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A sum of weighted loss terms; ``a + b`` chains terms (as the ComfyUI loss nodes do)."""
+
+    terms: tuple[LossTerm, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "terms", tuple(self.terms))
+
+    def __add__(self, other: "LossTerm | Objective") -> "Objective":
+        more = other.terms if isinstance(other, Objective) else (other,)
+        return Objective(self.terms + tuple(more))
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+    def names(self) -> list[str]:
+        """Unique names for the history: repeated names get a suffix (ira, ira_2, ...)."""
+        seen: dict[str, int] = {}
+        out = []
+        for t in self.terms:
+            n = seen.get(t.name, 0) + 1
+            seen[t.name] = n
+            out.append(t.name if n == 1 else f"{t.name}_{n}")
+        return out
+
+    def request(self) -> FeatureRequest:
+        r = FeatureRequest()
+        for t in self.terms:
+            r = r.merge(t.request())
+        return r
+
+    def target_request(self) -> FeatureRequest:
+        r = FeatureRequest()
+        for t in self.terms:
+            r = r.merge(t.target_request())
+        return r
+
+    def evaluate(self, adv: Features, target: Features | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The weighted sum and each term's unweighted value, by :meth:`names`."""
+        if not self.terms:
+            raise ValueError("the objective has no loss terms")
+        values = {n: t.value(adv, target) for n, t in zip(self.names(), self.terms)}
+        total = sum(t.weight * v for t, v in zip(self.terms, values.values()))
+        return total, values
+
+    def describe(self) -> list[dict]:
+        return [t.describe() for t in self.terms]
+
+
+def parse_indices(text: str | int | Iterable[int], *, name: str = "indices") -> tuple[int, ...]:
+    """Parse layer indices typed as text: ``"3"``, ``"0-27"``, ``"3,10,27"``, ``"0-3, 8"``.
+
+    Raises ValueError naming ``name`` on malformed text. Range checks against a model happen later.
+    """
+    if isinstance(text, int):
+        return (text,)
+    if not isinstance(text, str):
+        return tuple(int(i) for i in text)
+    out: list[int] = []
+    s = text.strip()
+    if not s:
+        return ()
+    for part in s.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1) if not part.startswith("-") else (part, "")
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise ValueError(
+                f"{name}: cannot read {part!r} in {text!r}; write indices like '3', '0-27' or '3,10,27'"
+            ) from None
+    if any(i < 0 for i in out):
+        raise ValueError(f"{name}: indices must be >= 0, got {text!r}")
+    return tuple(sorted(set(out)))
+
+
+def parse_pairs(text: str | Sequence[Sequence[int]], *, name: str = "pairs") -> tuple[tuple[int, int], ...]:
+    """Parse IRC block pairs typed as text: ``"3:27"`` or ``"3:27, 3:30"`` (shallow:deep)."""
+    if not isinstance(text, str):
+        return tuple((int(a), int(b)) for a, b in text)
+    pairs = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            a, b = part.split(":")
+            pairs.append((int(a), int(b)))
+        except ValueError:
+            raise ValueError(
+                f"{name}: cannot read {part!r} in {text!r}; write pairs as 'shallow:deep', e.g. '3:27' or '3:27,5:30'"
+            ) from None
+    if not pairs:
+        raise ValueError(f"{name}: no block pair given; write e.g. '3:27'")
+    return tuple(pairs)

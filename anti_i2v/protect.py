@@ -1,0 +1,371 @@
+"""The protect loop: one functional attack loop shared by Anti-I2V and the baselines.
+
+Each iteration (Anti-I2V Alg. 1):
+
+1. draw one timestep and one noise for the iteration (seeded generator);
+2. synthesise the protected photo at full resolution with the Dual-Space Perturbation and project it;
+3. resize it to the surrogate's working size;
+4. target pass (no grad): features of the target image under the same timestep and noise;
+5. adversarial pass: features of the protected photo, stopped after the deepest block needed;
+6. objective = sum of weighted terms; signed-gradient (or Adam) step on the DSP parameters.
+
+The loop never changes the input tensors, the models' weights, their ``requires_grad`` flags, training flags
+or hooks, also when it fails or is cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import dsp as dsp_mod
+from .dsp import DSPConfig, DSPParams, check_image
+from .losses import LossTerm, Objective
+from .metrics import image_quality
+from .surrogates.base import Surrogate
+
+__all__ = [
+    "ProtectConfig",
+    "Progress",
+    "ProtectResult",
+    "ProtectCancelled",
+    "protect",
+    "default_target",
+    "resize_to",
+    "frozen_models",
+    "PRESETS",
+]
+
+SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("sign", "adam")
+
+
+@dataclass(frozen=True)
+class ProtectConfig:
+    """Loop settings.
+
+    Args:
+        steps: iterations (paper: 200).
+        step_size: step per iteration in 1/255 pixel units (the signed step of PGD; Adam's learning rate).
+        schedule: step-size schedule: ``constant``, ``linear`` (to 10%) or ``cosine`` (to 10%).
+        optimizer: ``sign`` (signed gradient, L-inf PGD) or ``adam``.
+        seed: makes the result bit-identical on the same machine.
+    """
+
+    steps: int = 200
+    step_size: float = 1.0
+    schedule: str = "constant"
+    optimizer: str = "sign"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.steps) != self.steps or self.steps < 0:
+            raise ValueError(f"steps must be a non-negative integer, got {self.steps}")
+        if not (math.isfinite(self.step_size) and self.step_size > 0):
+            raise ValueError(f"step_size must be > 0 (units of 1/255), got {self.step_size}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+
+    def step_at(self, it: int) -> float:
+        """Step size (in [0, 1] pixel units) at iteration ``it``."""
+        base = self.step_size / 255.0
+        if self.schedule == "constant" or self.steps <= 1:
+            return base
+        frac = it / (self.steps - 1)
+        if self.schedule == "linear":
+            return base * (1.0 - 0.9 * frac)
+        return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+
+#: strength presets used by the CLI and the nodes: (eps in 1/255, steps, step size in 1/255).
+PRESETS: dict[str, dict] = {
+    "low": {"eps": 8.0, "steps": 100, "step_size": 0.5},
+    "default": {"eps": 16.0, "steps": 200, "step_size": 1.0},
+    "high": {"eps": 24.0, "steps": 300, "step_size": 1.5},
+}
+
+
+@dataclass
+class Progress:
+    """What the callback receives every iteration."""
+
+    step: int  # 1-based iteration just finished
+    total: int
+    loss: float
+    terms: dict[str, float]
+    elapsed_s: float
+
+
+@dataclass
+class ProtectResult:
+    """Outcome of :func:`protect`.
+
+    Attributes:
+        protected: (B, 3, H, W) protected images in [0, 1], same size as the input, on CPU.
+        perturbation: ``protected - image`` (B, 3, H, W), on CPU.
+        history: one dict per finished iteration: ``{"step", "loss", <term>: value, ...}``.
+        linf: measured L-inf of the perturbation per image, in 1/255.
+        psnr: PSNR (dB) per image, protected vs original.
+        ssim: SSIM per image, protected vs original.
+        cancelled: the callback stopped the loop early (``protected`` holds the last iterate).
+        settings: everything needed to reproduce the run.
+        seconds: wall time of the loop.
+    """
+
+    protected: Tensor
+    perturbation: Tensor
+    history: list[dict[str, float]]
+    linf: list[float]
+    psnr: list[float]
+    ssim: list[float]
+    cancelled: bool = False
+    settings: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def report(self) -> dict:
+        """A JSON-friendly report (no tensors)."""
+        return {
+            "settings": self.settings,
+            "steps_done": len(self.history),
+            "cancelled": self.cancelled,
+            "seconds": round(self.seconds, 3),
+            "linf_255": self.linf,
+            "psnr_db": self.psnr,
+            "ssim": self.ssim,
+            "loss_history": self.history,
+        }
+
+
+class ProtectCancelled(RuntimeError):
+    """Raised by a callback to abort the loop (the models are restored first)."""
+
+
+def resize_to(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Differentiable resize to (height, width) with antialiasing when shrinking."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def default_target(height: int, width: int, *, device=None) -> Tensor:
+    """A fixed, unrelated target image (1, 3, H, W): a high-contrast diagonal stripe pattern.
+
+    Used by IRA and the encoder loss when no target image is given (Mist and PhotoGuard use similar
+    synthetic patterns). Deterministic.
+    """
+    y = torch.linspace(0, 1, height, device=device).view(-1, 1)
+    x = torch.linspace(0, 1, width, device=device).view(1, -1)
+    r = 0.5 + 0.5 * torch.sin(2 * math.pi * 6 * (x + y))
+    g = 0.5 + 0.5 * torch.sin(2 * math.pi * 9 * (x - y) + 1.0)
+    b = 0.5 + 0.5 * torch.cos(2 * math.pi * 4 * x * (1 + y))
+    return torch.stack([r, g, b]).unsqueeze(0).clamp(0, 1)
+
+
+@contextlib.contextmanager
+def frozen_models(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Freeze ``modules`` for the loop and restore them exactly afterwards, also on error.
+
+    Saves and restores every parameter's ``requires_grad``, every module's ``training`` flag, and removes any
+    hook added on the modules during the block. Weights are never written.
+    """
+    params: list[tuple[nn.Parameter, bool]] = []
+    seen: set[int] = set()
+    training: list[tuple[nn.Module, bool]] = []
+    hooks: list[tuple[nn.Module, str, set]] = []
+    hook_attrs = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    for root in modules:
+        for m in root.modules():
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            training.append((m, m.training))
+            for attr in hook_attrs:
+                d = getattr(m, attr, None)
+                if d is not None:
+                    hooks.append((m, attr, set(d.keys())))
+            for p in m.parameters(recurse=False):
+                params.append((p, p.requires_grad))
+    try:
+        for p, _ in params:
+            if p.requires_grad:
+                p.requires_grad_(False)
+        for m, _ in training:
+            m.training = False
+        yield
+    finally:
+        for p, flag in params:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+        for m, flag in training:
+            m.training = flag
+        for m, attr, keys in hooks:
+            d = getattr(m, attr)
+            for k in list(d.keys()):
+                if k not in keys:
+                    del d[k]
+
+
+def _as_objective(losses: Objective | LossTerm | Sequence[LossTerm]) -> Objective:
+    if isinstance(losses, Objective):
+        return losses
+    if isinstance(losses, LossTerm):
+        return Objective((losses,))
+    return Objective(tuple(losses))
+
+
+def _free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def protect(
+    image: Tensor,
+    surrogate: Surrogate,
+    losses: Objective | LossTerm | Sequence[LossTerm],
+    perturbation: DSPConfig | None = None,
+    config: ProtectConfig | None = None,
+    *,
+    target: Tensor | None = None,
+    callback: Callable[[Progress], bool | None] | None = None,
+) -> ProtectResult:
+    """Protect ``image`` against ``surrogate`` by minimising ``losses`` over a Dual-Space Perturbation.
+
+    Args:
+        image: (B, 3, H, W) or (3, H, W) in [0, 1], any size; RGBA loses alpha, grey is repeated.
+        surrogate: an I2V surrogate adapter (weights are used, never changed).
+        losses: the objective: an :class:`Objective`, one term or a list of terms.
+        perturbation: DSP settings (budget, DCT block, channels, split, L* restore).
+        config: loop settings (steps, step size, schedule, optimiser, seed).
+        target: (1 or B, 3, h, w) unrelated target image for IRA / encoder terms; a fixed pattern if None.
+        callback: called after every iteration with :class:`Progress`; return ``False`` to stop early
+            (the result is marked cancelled) or raise to abort.
+
+    Returns:
+        :class:`ProtectResult` with the protected images at the input's size, on CPU.
+    """
+    perturbation = perturbation or DSPConfig()
+    config = config or ProtectConfig()
+    objective = _as_objective(losses)
+    if not len(objective):
+        raise ValueError("losses: the objective has no loss terms")
+    x = check_image(image, "image")
+    b, _, h, w = x.shape
+    req = objective.request()
+    treq = objective.target_request()
+    surrogate.validate_request(req)
+    surrogate.validate_request(treq)
+    work = surrogate.working_size(h, w)
+    device = surrogate.device
+    start = time.perf_counter()
+
+    x = x.detach().to(device=device, dtype=torch.float32).clone()
+    tgt_work = None
+    if not treq.empty:
+        t = check_image(target, "target") if target is not None else default_target(*work)
+        if t.shape[0] not in (1, b):
+            raise ValueError(f"target batch ({t.shape[0]}) must be 1 or match the image batch ({b})")
+        t = resize_to(t.detach().to(device=device, dtype=torch.float32), work)
+        tgt_work = t.expand(b, -1, -1, -1).contiguous()
+
+    gen = torch.Generator(device="cpu").manual_seed(int(config.seed))
+    params = dsp_mod.init_params(b, work, perturbation, device=device)
+    tensors = params.tensors()
+    for p in tensors:
+        p.requires_grad_(True)
+    bound = 2.0 * perturbation.eps01
+    adam = torch.optim.Adam(tensors, lr=config.step_at(0)) if config.optimizer == "adam" else None
+    names = objective.names()
+    history: list[dict[str, float]] = []
+    cancelled = False
+    settings = {
+        "perturbation": perturbation.to_dict(),
+        "loop": asdict(config),
+        "losses": objective.describe(),
+        "surrogate": surrogate.describe(),
+        "image_size": [h, w],
+        "batch": b,
+        "working_size": list(work),
+        "budget_convention": "eps in 1/255 of the [0,1] pixel range (eps=8 equals 16/255 in [-1,1])",
+    }
+
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), frozen_models(surrogate.modules()):
+            for it in range(config.steps):
+                draw = surrogate.sample_noise(b, gen)
+                tgt_feats = None
+                if tgt_work is not None:
+                    with torch.no_grad():
+                        tgt_feats = surrogate.features(tgt_work, draw, treq)
+                adv_full = dsp_mod.apply_dsp(x, params, perturbation)
+                adv_feats = surrogate.features(resize_to(adv_full, work), draw, req)
+                total, values = objective.evaluate(adv_feats, tgt_feats)
+                if not torch.isfinite(total):
+                    raise FloatingPointError(
+                        f"the objective became {float(total)} at iteration {it + 1}; try float32 or a smaller step_size"
+                    )
+                grads = torch.autograd.grad(total, tensors, allow_unused=True)
+                del adv_feats, tgt_feats, adv_full
+                lr = config.step_at(it)
+                with torch.no_grad():
+                    if adam is not None:
+                        for g_, p in zip(grads, tensors):
+                            p.grad = torch.zeros_like(p) if g_ is None else g_
+                        for group in adam.param_groups:
+                            group["lr"] = lr
+                        adam.step()
+                        for p in tensors:
+                            p.grad = None
+                    else:
+                        for g_, p in zip(grads, tensors):
+                            if g_ is not None:
+                                p.sub_(lr * g_.sign())
+                    for p in tensors:
+                        p.clamp_(-bound, bound)
+                row = {"step": it + 1, "loss": float(total)}
+                row.update({n: float(values[n]) for n in names})
+                history.append(row)
+                del total, values, grads
+                if callback is not None:
+                    info = Progress(it + 1, config.steps, row["loss"], {n: row[n] for n in names},
+                                    time.perf_counter() - start)
+                    if callback(info) is False:
+                        cancelled = True
+                        break
+            with torch.no_grad():
+                protected = dsp_mod.apply_dsp(x, DSPParams(*(p.detach() for p in tensors)), perturbation)
+                if perturbation.restore_luminance:
+                    protected = dsp_mod.restore_luminance(protected, x, perturbation)
+    except BaseException:
+        params = tensors = adam = None  # noqa: F841 - drop references before freeing
+        _free_memory(device)
+        raise
+
+    protected = protected.detach().float().cpu()
+    x_cpu = x.cpu()
+    q = image_quality(protected, x_cpu)
+    result = ProtectResult(
+        protected=protected,
+        perturbation=protected - x_cpu,
+        history=history,
+        linf=q["linf_255"],
+        psnr=q["psnr_db"],
+        ssim=q["ssim"],
+        cancelled=cancelled,
+        settings=settings,
+        seconds=time.perf_counter() - start,
+    )
+    del params, tensors, adam, x
+    _free_memory(device)
+    return result

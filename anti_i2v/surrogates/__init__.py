@@ -1,0 +1,72 @@
+"""I2V surrogate adapters: one module per family, one registry.
+
+Each family module (``cogvideox``, ``wan21``, ``svd``) defines a :class:`~.base.Surrogate` subclass with:
+
+* ``from_pretrained(folder, *, num_frames, dtype, gradient_checkpointing, prompt_embeds)`` - load a local
+  diffusers-format folder (local files only, safetensors);
+* ``tiny(*, num_frames, seed, ...)`` - a tiny random-weight model of the real diffusers classes (tests, ``--demo``);
+* ``save_tiny(folder, seed)`` - write such a tiny model as a diffusers-format folder (tests of the loader);
+* ``generate(image, *, num_inference_steps, seed)`` - a short I2V video with the family's diffusers pipeline.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+
+from .base import FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError
+
+__all__ = [
+    "FAMILIES",
+    "FeatureRequest",
+    "Features",
+    "NoiseDraw",
+    "Surrogate",
+    "SurrogateError",
+    "surrogate_class",
+    "load_surrogate",
+    "tiny_surrogate",
+]
+
+#: family name -> (module, class name)
+FAMILIES: dict[str, tuple[str, str]] = {
+    "cogvideox": ("cogvideox", "CogVideoXSurrogate"),
+    "wan21": ("wan21", "Wan21Surrogate"),
+    "svd": ("svd", "SVDSurrogate"),
+}
+
+
+def surrogate_class(family: str) -> type[Surrogate]:
+    """The adapter class of ``family`` (``cogvideox``, ``wan21`` or ``svd``)."""
+    if family not in FAMILIES:
+        raise SurrogateError(f"unsupported surrogate {family!r}: choose one of {', '.join(FAMILIES)}")
+    mod, cls = FAMILIES[family]
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), cls)
+
+
+def load_surrogate(
+    family: str,
+    folder: str | Path,
+    *,
+    num_frames: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    gradient_checkpointing: bool = False,
+    device: str | torch.device = "cpu",
+    **kwargs,
+) -> Surrogate:
+    """Load a surrogate from a local diffusers-format folder (never from a hub)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SurrogateError(f"model folder {str(folder)!r} does not exist or is not a folder")
+    cls = surrogate_class(family)
+    if num_frames is not None:
+        kwargs["num_frames"] = num_frames
+    s = cls.from_pretrained(folder, dtype=dtype, gradient_checkpointing=gradient_checkpointing, **kwargs)
+    return s.to(device)
+
+
+def tiny_surrogate(family: str, *, seed: int = 0, **kwargs) -> Surrogate:
+    """A tiny random-weight surrogate of ``family`` built from the real diffusers classes."""
+    return surrogate_class(family).tiny(seed=seed, **kwargs)

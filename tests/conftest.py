@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny random-weight surrogates of the real diffusers classes, small images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anti_i2v.surrogates import tiny_surrogate
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session", params=["cogvideox", "wan21", "svd"])
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny(family):
+    """One tiny surrogate per family for the session (never mutated by well-behaved code)."""
+    return tiny_surrogate(family, seed=0)
+
+
+@pytest.fixture
+def photo() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(1, 3, 37, 53, generator=g)
