@@ -310,6 +310,38 @@ class Surrogate(abc.ABC):
             for m, flag in saved:
                 m.gradient_checkpointing = flag
 
+    def to(self, device: str | torch.device) -> "Surrogate":
+        """Move every model (and cached tensors, see :meth:`_move_extras`) to ``device``; returns self."""
+        device = torch.device(device)
+        for m in self.modules():
+            m.to(device)
+        self._move_extras(device)
+        return self
+
+    def _move_extras(self, device: torch.device) -> None:
+        """Move cached tensors (prompt embeddings...) with the models. Override when there are any."""
+
+    def default_objective(self):
+        """The paper's layer choices mapped onto this model's depth (CogVideoX-5B: IRC 3 -> 27, IRA on 27).
+
+        IRA reads the deep block and the last two VAE-encoder layers; IRC pulls the deep block to the shallow one.
+        """
+        from ..losses import IRALoss, IRCLoss, Objective
+
+        n = self.num_blocks
+        shallow = min(max(round(3 / 42 * n), 0), n - 1)
+        deep = min(max(round(27 / 42 * n), shallow + 1), n - 1)
+        nv = self.num_vae_layers
+        vae = tuple(range(max(nv - 2, 0), nv))
+        terms = [IRALoss(blocks=(deep,), vae_layers=vae, weight=1.0)]
+        if deep != shallow and self.block_shapes_match(shallow, deep):
+            terms.append(IRCLoss(pairs=((shallow, deep),), weight=1.0))
+        return Objective(tuple(terms))
+
+    def block_shapes_match(self, i: int, j: int) -> bool:
+        """Whether blocks ``i`` and ``j`` output features of one shape (IRC needs it). DiTs: always."""
+        return True
+
     # helpers for subclasses
     def _to_model(self, x: Tensor) -> Tensor:
         return x.to(device=self.device, dtype=self.dtype)
