@@ -269,8 +269,9 @@ class Surrogate(abc.ABC):
             return hook
 
         def vae_hook(index: int):
+            # first call only: encoders that run in temporal chunks (Wan) see the image itself first
             def hook(_module, _args, output):
-                out.vae[index] = first_tensor(output)
+                out.vae.setdefault(index, first_tensor(output))
 
             return hook
 
