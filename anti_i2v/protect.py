@@ -333,8 +333,8 @@ def protect(
                                 p.sub_(lr * g_.sign())
                     for p in tensors:
                         p.clamp_(-bound, bound)
-                row = {"step": it + 1, "loss": float(total)}
-                row.update({n: float(values[n]) for n in names})
+                row = {"step": it + 1, "loss": float(total.detach())}
+                row.update({n: float(values[n].detach()) for n in names})
                 history.append(row)
                 del total, values, grads
                 if callback is not None:

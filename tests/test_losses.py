@@ -1,0 +1,100 @@
+"""Loss terms, their composition, and the layer-index text syntax used by the nodes and the CLI."""
+
+import pytest
+import torch
+
+from anti_i2v.losses import (
+    DiffusionLoss,
+    EncoderLoss,
+    IRALoss,
+    IRCLoss,
+    Objective,
+    parse_indices,
+    parse_pairs,
+)
+from anti_i2v.surrogates.base import Features
+
+
+def _feats(seed, shape=(1, 4, 5)):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda: torch.randn(shape, generator=g)  # noqa: E731
+    return Features(blocks={0: r(), 1: r(), 3: r()}, vae={0: r()}, latent=r(), output=r(), target=r())
+
+
+class TestTerms:
+    def test_ira_is_layerwise_mean_squared_distance(self):
+        a, t = _feats(0), _feats(1)
+        v = IRALoss(blocks=(0, 3), vae_layers=(0,)).value(a, t)
+        ref = sum(((a.blocks[i] - t.blocks[i]) ** 2).mean() for i in (0, 3)) + ((a.vae[0] - t.vae[0]) ** 2).mean()
+        assert torch.allclose(v, ref)
+        assert float(IRALoss(blocks=(1,)).value(a, a)) == 0.0
+
+    def test_irc_pulls_deep_to_shallow(self):
+        a = _feats(0)
+        v = IRCLoss(pairs=((0, 3),)).value(a, None)
+        assert torch.allclose(v, ((a.blocks[3] - a.blocks[0]) ** 2).mean())
+
+    def test_irc_shape_mismatch_is_clear(self):
+        a = _feats(0)
+        a.blocks[3] = torch.zeros(1, 2, 2)
+        with pytest.raises(ValueError, match="same feature shape"):
+            IRCLoss(pairs=((0, 3),)).value(a, None)
+
+    def test_irc_detach_shallow(self):
+        a = _feats(0)
+        a.blocks[0].requires_grad_()
+        assert not IRCLoss(pairs=((0, 3),), detach_shallow=True).value(a, None).requires_grad
+        assert IRCLoss(pairs=((0, 3),)).value(a, None).requires_grad
+
+    def test_advdm_is_negated_denoising_loss(self):
+        a = _feats(0)
+        assert torch.allclose(DiffusionLoss().value(a, None), -((a.output - a.target) ** 2).mean())
+
+    def test_photoguard_latent_distance(self):
+        a, t = _feats(0), _feats(1)
+        assert torch.allclose(EncoderLoss().value(a, t), ((a.latent - t.latent) ** 2).mean())
+
+    def test_requests(self):
+        r = (IRALoss(blocks=(2,), vae_layers=(1,)) + IRCLoss(pairs=((0, 5),)) + DiffusionLoss()).request()
+        assert r.blocks == {0, 2, 5} and r.vae_layers == {1} and r.need_output
+        assert IRCLoss(pairs=((0, 5),)).target_request().empty
+
+    @pytest.mark.parametrize("make", [lambda: IRALoss(), lambda: IRCLoss(pairs=()), lambda: IRCLoss(pairs=((2, 2),)),
+                                      lambda: IRALoss(blocks=(1,), weight=float("nan"))])
+    def test_invalid_terms(self, make):
+        with pytest.raises(ValueError):
+            make()
+
+
+class TestObjective:
+    def test_weighted_sum_and_unique_names(self):
+        a, t = _feats(0), _feats(1)
+        obj = IRALoss(blocks=(0,), weight=2.0) + IRALoss(blocks=(1,), weight=0.5) + IRCLoss(pairs=((0, 1),))
+        assert isinstance(obj, Objective) and obj.names() == ["ira", "ira_2", "irc"]
+        total, values = obj.evaluate(a, t)
+        assert torch.allclose(total, 2 * values["ira"] + 0.5 * values["ira_2"] + values["irc"])
+
+    def test_empty_objective(self):
+        with pytest.raises(ValueError, match="no loss terms"):
+            Objective().evaluate(_feats(0), None)
+
+
+class TestParsing:
+    @pytest.mark.parametrize(
+        "text, expected",
+        [("3", (3,)), ("0-3", (0, 1, 2, 3)), ("3,10,27", (3, 10, 27)), (" 0-2, 8 ,8", (0, 1, 2, 8)), ("", ())],
+    )
+    def test_indices(self, text, expected):
+        assert parse_indices(text) == expected
+
+    @pytest.mark.parametrize("text", ["a", "3-1", "1-", "-2", "3;4"])
+    def test_bad_indices_name_argument(self, text):
+        with pytest.raises(ValueError, match="blocks"):
+            parse_indices(text, name="blocks")
+
+    def test_pairs(self):
+        assert parse_pairs("3:27, 5:30") == ((3, 27), (5, 30))
+        with pytest.raises(ValueError, match="shallow:deep"):
+            parse_pairs("3-27")
+        with pytest.raises(ValueError, match="no block pair"):
+            parse_pairs(" ")
