@@ -195,7 +195,8 @@ def frozen_models(modules: Sequence[nn.Module]) -> Iterator[None]:
                 if d is not None:
                     hooks.append((m, attr, set(d.keys())))
             for p in m.parameters(recurse=False):
-                params.append((p, p.requires_grad))
+                if not p.is_inference():  # inference tensors (ComfyUI weights) take no grad flag changes
+                    params.append((p, p.requires_grad))
     try:
         for p, _ in params:
             if p.requires_grad:
