@@ -100,6 +100,10 @@ class ComfyServer:
         self._ws = None
         self._ws_thread: threading.Thread | None = None
         self._ws_stop = threading.Event()
+        #: the JSON answer of the last prompt the server refused (``post_prompt(..., check=False)``)
+        self.last_refusal: dict | str | None = None
+        #: family -> folder name under models/diffusers (set by the ``comfy_server`` fixture)
+        self.tiny_models: dict[str, str] = {}
         self._layout()
 
     # ------------------------------------------------------------------ folders
@@ -149,7 +153,8 @@ class ComfyServer:
         cmd = [
             self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base_dir), "--disable-api-nodes", "--disable-auto-launch",
-            "--preview-method", "none", *self.extra_args,
+            "--preview-method", "none", "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}",
+            *self.extra_args,
         ]
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")

@@ -7,6 +7,8 @@ import torch
 
 from anti_i2v.surrogates import tiny_surrogate
 
+pytest_plugins = ["tests.conftest_comfy"]
+
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 

@@ -1,0 +1,32 @@
+"""ComfyUI nodes of Anti-I2V (imported by the pack's root ``__init__.py`` only when ComfyUI is importable).
+
+The literal mappings below are what ComfyUI loads and what ComfyUI-Manager's scanner reads. Node ids are
+permanent (saved workflows refer to them).
+"""
+
+from .loss_nodes import BaselineLossNode, DSPPerturb, IRALossNode, IRCLossNode
+from .preview_nodes import PreviewAttackVideo
+from .protect_nodes import ProtectLoop
+from .surrogate_nodes import LoadSurrogateI2V
+
+NODE_CLASS_MAPPINGS = {
+    "AntiI2V_LoadSurrogateI2V": LoadSurrogateI2V,
+    "AntiI2V_DSPPerturb": DSPPerturb,
+    "AntiI2V_IRALoss": IRALossNode,
+    "AntiI2V_IRCLoss": IRCLossNode,
+    "AntiI2V_BaselineLoss": BaselineLossNode,
+    "AntiI2V_ProtectLoop": ProtectLoop,
+    "AntiI2V_PreviewAttackVideo": PreviewAttackVideo,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "AntiI2V_LoadSurrogateI2V": "Load I2V Surrogate (Anti-I2V)",
+    "AntiI2V_DSPPerturb": "Dual-Space Perturbation (Anti-I2V)",
+    "AntiI2V_IRALoss": "IRA Loss (Anti-I2V)",
+    "AntiI2V_IRCLoss": "IRC Loss (Anti-I2V)",
+    "AntiI2V_BaselineLoss": "Baseline Loss (AdvDM / PhotoGuard)",
+    "AntiI2V_ProtectLoop": "Protect Image (Anti-I2V)",
+    "AntiI2V_PreviewAttackVideo": "Preview Attack Video (Anti-I2V)",
+}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,0 +1,210 @@
+"""The ComfyUI traps, handled in one place.
+
+* Gradients: ComfyUI runs every prompt under ``torch.inference_mode()``; tensors made there (input images,
+  weights loaded by a node) cannot be saved for backward. :func:`grad_enabled` leaves inference mode and
+  enables autograd; :func:`to_library_image` clones an IMAGE out of inference mode while converting it.
+* Layout: ComfyUI IMAGE is (B, H, W, C) float in [0, 1]; the library takes (B, C, H, W).
+* Progress and cancel: :func:`progress_callback` moves ComfyUI's progress bar, sends ``anti_i2v.progress``
+  over the websocket and raises ComfyUI's interrupt exception at the end of the iteration in which the user
+  pressed Cancel.
+* Memory: a surrogate loaded from a diffusers folder is wrapped in a ``comfy.model_patcher.ModelPatcher``
+  (:func:`manage_surrogate`) so ComfyUI's model management can load and offload it; :func:`loaded_for_run`
+  asks ComfyUI to load it (or a native surrogate's own patchers, ``surrogate.comfy_patchers``) and frees
+  memory when a run fails or is cancelled. User models are never moved with ``.to()`` here.
+* Errors: :func:`node_errors` prefixes ValueError messages with the node id (and keeps ComfyUI's interrupt).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from anti_i2v.protect import Progress
+from anti_i2v.surrogates.base import Surrogate
+
+__all__ = [
+    "LOG",
+    "grad_enabled",
+    "to_library_image",
+    "to_comfy_image",
+    "progress_callback",
+    "manage_surrogate",
+    "loaded_for_run",
+    "frames_for_run",
+    "node_errors",
+    "perturbation_view",
+    "to_json",
+]
+
+LOG = logging.getLogger("anti_i2v.nodes")
+
+PROGRESS_EVENT = "anti_i2v.progress"
+
+
+@contextlib.contextmanager
+def grad_enabled() -> Iterator[None]:
+    """Leave ComfyUI's inference mode and enable autograd for the block."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def to_library_image(image: torch.Tensor, *, node: str, arg: str) -> torch.Tensor:
+    """A ComfyUI IMAGE (B, H, W, C) as a normal (non-inference) float32 tensor (B, 3, H, W).
+
+    RGBA loses its alpha channel with a warning; grey (C = 1) is repeated to RGB. Call it inside
+    :func:`grad_enabled` so the clone is a normal tensor.
+
+    Raises:
+        ValueError: naming ``node`` and ``arg``: not a 4-D IMAGE, an empty batch, an unsupported channel count.
+    """
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"{node}: {arg} must be an IMAGE tensor, got {type(image).__name__}")
+    if image.ndim == 3:
+        image = image.unsqueeze(0)
+    if image.ndim != 4:
+        raise ValueError(f"{node}: {arg} must be an IMAGE of shape (batch, height, width, channels), "
+                         f"got shape {tuple(image.shape)}")
+    if image.shape[0] == 0:
+        raise ValueError(f"{node}: {arg} is an empty batch (0 images); connect at least one image")
+    c = image.shape[-1]
+    if c == 4:
+        LOG.warning("%s: %s has an alpha channel; it is dropped and the RGB channels are protected", node, arg)
+        image = image[..., :3]
+    elif c == 1:
+        image = image.expand(-1, -1, -1, 3)
+    elif c != 3:
+        raise ValueError(f"{node}: {arg} must have 1, 3 or 4 channels (grey, RGB, RGBA), got {c}")
+    return image.detach().movedim(-1, 1).to(dtype=torch.float32).clone().contiguous()
+
+
+def to_comfy_image(image: torch.Tensor) -> torch.Tensor:
+    """A library batch (B, 3, H, W) as a ComfyUI IMAGE (B, H, W, 3) float32 on the intermediate device."""
+    import comfy.model_management as mm
+
+    return image.detach().movedim(1, -1).to(device=mm.intermediate_device(), dtype=torch.float32).contiguous()
+
+
+def perturbation_view(perturbation: torch.Tensor, eps01: float) -> torch.Tensor:
+    """|delta| amplified so the L-inf budget maps to 1 (a visible picture of an invisible change), in [0, 1]."""
+    return (perturbation.abs() / max(float(eps01), 1e-12)).clamp(0.0, 1.0)
+
+
+def to_json(obj) -> str:
+    """Strict JSON text (non-finite floats as strings) for STRING outputs that other tools parse."""
+    import json
+
+    try:
+        from anti_i2v.metrics import json_safe
+    except ImportError:  # an older library without json_safe
+        return json.dumps(obj, default=str)
+    return json.dumps(json_safe(obj))
+
+
+def progress_callback(node_id: str | None, total: int) -> Callable[[Progress], None]:
+    """A callback for :func:`anti_i2v.protect.protect` that reports progress to ComfyUI and honours Cancel.
+
+    Every iteration it moves ComfyUI's progress bar (``ProgressBar.update_absolute``), sends
+    ``PromptServer.instance.send_sync("anti_i2v.progress", {"node", "step", "total", "loss", "terms"})`` and
+    calls ``comfy.model_management.throw_exception_if_processing_interrupted()``, whose exception leaves the
+    loop (the library restores the models and frees memory) and marks the prompt interrupted.
+    """
+    import comfy.model_management as mm
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(max(int(total), 1), node_id=node_id)
+    try:
+        from server import PromptServer
+
+        server = PromptServer.instance
+    except (ImportError, AttributeError):  # ComfyUI used as a library, without its server
+        server = None
+
+    def callback(p: Progress) -> None:
+        bar.update_absolute(p.step, p.total)
+        if server is not None:
+            server.send_sync(PROGRESS_EVENT, {
+                "node": node_id, "step": int(p.step), "total": int(p.total), "loss": float(p.loss),
+                "terms": {k: float(v) for k, v in p.terms.items()},
+            })
+        mm.throw_exception_if_processing_interrupted()
+
+    return callback
+
+
+class _SurrogateModules(nn.Module):
+    """Holds a surrogate's modules so one ModelPatcher can manage them together."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(modules)
+
+
+def manage_surrogate(surrogate: Surrogate) -> Surrogate:
+    """Wrap the surrogate's own modules in a ComfyUI ModelPatcher (stored as ``surrogate.comfy_patchers``).
+
+    Only for surrogates this pack loaded itself (from a diffusers folder). A native surrogate built from the
+    user's ComfyUI models brings its own ``comfy_patchers`` (the user's MODEL and VAE patchers).
+    """
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    if getattr(surrogate, "comfy_patchers", None):
+        return surrogate
+    holder = _SurrogateModules(list(surrogate.modules()))
+    patcher = comfy.model_patcher.ModelPatcher(
+        holder, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
+    surrogate.comfy_patchers = [patcher]
+    surrogate.comfy_owned = True  # the pack may move this surrogate's cached tensors with its modules
+    return surrogate
+
+
+@contextlib.contextmanager
+def loaded_for_run(surrogate: Surrogate) -> Iterator[Surrogate]:
+    """Ask ComfyUI to load the surrogate's models on its compute device for the block.
+
+    On failure or cancel the block's exception propagates after ``soft_empty_cache``; ComfyUI keeps the
+    models registered, so it can offload them when another model needs the memory.
+    """
+    import comfy.model_management as mm
+
+    patchers = list(getattr(surrogate, "comfy_patchers", None) or [])
+    if patchers:
+        mm.load_models_gpu(patchers, force_full_load=True)
+        if getattr(surrogate, "comfy_owned", False):
+            # our own diffusers modules are now on the load device: move the cached prompt embeddings too
+            surrogate.to(patchers[0].load_device)
+    try:
+        yield surrogate
+    except BaseException:
+        mm.soft_empty_cache()
+        raise
+    mm.soft_empty_cache()
+
+
+@contextlib.contextmanager
+def frames_for_run(surrogate: Surrogate, frames: int) -> Iterator[Surrogate]:
+    """Set ``surrogate.num_frames`` for the block when ``frames`` > 0 and restore it afterwards."""
+    saved = surrogate.num_frames
+    if frames and frames > 0:
+        surrogate.num_frames = int(frames)
+    try:
+        yield surrogate
+    finally:
+        surrogate.num_frames = saved
+
+
+@contextlib.contextmanager
+def node_errors(node: str) -> Iterator[None]:
+    """Re-raise ValueError (and SurrogateError) with the node id in front, unless it is already there."""
+    try:
+        yield
+    except ValueError as exc:
+        msg = str(exc)
+        if msg.startswith(node):
+            raise
+        raise ValueError(f"{node}: {msg}") from exc

@@ -1,0 +1,206 @@
+"""AntiI2V_LoadSurrogateI2V: the I2V model the protection is optimised against.
+
+Two sources:
+
+* the user's ComfyUI models (``model`` connected, with ``vae``, ``clip_vision``, ``positive``): a native
+  surrogate built by :func:`nodes.native.native_surrogate` around ComfyUI's own Wan 2.1 / SVD models;
+* a diffusers-format folder under ComfyUI's ``models/diffusers`` (CogVideoX-5B-I2V, Wan 2.1 I2V, SVD), loaded
+  with :func:`anti_i2v.surrogates.load_surrogate` and wrapped in a ModelPatcher for ComfyUI's memory
+  management.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from anti_i2v.surrogates import FAMILIES, load_surrogate
+
+from . import runtime
+from .comfy import CATEGORY, SurrogateType, io
+
+__all__ = ["LoadSurrogateI2V", "detect_family", "diffusers_folders"]
+
+NODE_ID = "AntiI2V_LoadSurrogateI2V"
+NONE_FOLDER = "(none)"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+#: diffusers class names (pipeline or denoiser) that identify each supported image-to-video family
+_I2V_CLASSES = {
+    "CogVideoXImageToVideoPipeline": "cogvideox",
+    "WanImageToVideoPipeline": "wan21",
+    "StableVideoDiffusionPipeline": "svd",
+    "UNetSpatioTemporalConditionModel": "svd",
+}
+#: class names of models that are not image-to-video (or not a supported family), for a clear refusal
+_NOT_I2V_HINTS = ("CogVideoXPipeline", "CogVideoXVideoToVideoPipeline", "WanPipeline", "WanVideoToVideoPipeline",
+                  "StableDiffusion", "Flux", "LTX", "Hunyuan", "Mochi", "AnimateDiff", "PixArt", "Sana")
+_SUPPORTED = "CogVideoX-5B-I2V, Wan 2.1 I2V or Stable Video Diffusion (img2vid)"
+#: optional settings file in a model folder: {"working_size": [height, width]} (e.g. fine-tunes, test models)
+SETTINGS_FILE = "anti_i2v.json"
+
+
+def diffusers_folders() -> list[str]:
+    """Subfolders of ComfyUI's ``diffusers`` model folders (``models/diffusers`` and extra paths)."""
+    import folder_paths
+
+    names: set[str] = set()
+    for root in folder_paths.get_folder_paths("diffusers"):
+        if os.path.isdir(root):
+            names.update(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    return sorted(names)
+
+
+def _resolve_folder(name: str) -> Path:
+    import folder_paths
+
+    for root in folder_paths.get_folder_paths("diffusers"):
+        path = Path(root) / name
+        if path.is_dir():
+            return path
+    raise ValueError(f"{NODE_ID}: folder {name!r} is not in ComfyUI's models/diffusers folder")
+
+
+def _class_name(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _transformer_config(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "transformer" / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def folder_settings(folder: Path) -> dict:
+    """Keyword arguments for the adapter from ``<folder>/anti_i2v.json`` (only ``working_size`` is read).
+
+    The adapters optimise at the family's native size (CogVideoX 480x720, Wan 480x832, SVD 576x1024); a model
+    trained at another size says so in this file.
+    """
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        size = data.get("working_size")
+        if size is None:
+            return {}
+        h, w = (int(v) for v in size)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{NODE_ID}: {str(path)!r} must be JSON like {{\"working_size\": [480, 832]}} ({exc})") from exc
+    return {"working_size": (h, w)}
+
+
+def detect_family(folder: Path) -> str:
+    """The surrogate family of a diffusers folder, read from ``model_index.json`` or the denoiser's config.
+
+    Raises:
+        ValueError: the folder holds a model that is not a supported image-to-video model (e.g. text-to-video
+            CogVideoX, which conditions on no image), naming what was found.
+    """
+    names = [n for n in (_class_name(folder / "model_index.json"), _class_name(folder / "transformer" / "config.json"),
+                         _class_name(folder / "unet" / "config.json")) if n]
+    for n in names:
+        if n in _I2V_CLASSES:
+            return _I2V_CLASSES[n]
+    tcfg = _transformer_config(folder)
+    if "CogVideoXTransformer3DModel" in names:
+        if tcfg.get("in_channels") == 32:  # image latent concatenated on channels: the I2V variant
+            return "cogvideox"
+        raise ValueError(
+            f"{NODE_ID}: {folder.name!r} is a text-to-video CogVideoX (in_channels={tcfg.get('in_channels')}); "
+            f"an image-to-video model is needed: {_SUPPORTED}")
+    if "WanTransformer3DModel" in names:
+        if tcfg.get("image_dim") or tcfg.get("in_channels") == 36:
+            return "wan21"
+        raise ValueError(
+            f"{NODE_ID}: {folder.name!r} is a text-to-video Wan model (no image conditioning); "
+            f"an image-to-video model is needed: {_SUPPORTED}")
+    found = ", ".join(names) or "no model_index.json or denoiser config"
+    if any(h in n for n in names for h in _NOT_I2V_HINTS):
+        raise ValueError(f"{NODE_ID}: {folder.name!r} is not an image-to-video model ({found}); "
+                         f"connect {_SUPPORTED}")
+    raise ValueError(f"{NODE_ID}: cannot tell which I2V family {folder.name!r} is ({found}); "
+                     f"set family to one of {', '.join(FAMILIES)} or use {_SUPPORTED}")
+
+
+class LoadSurrogateI2V(io.ComfyNode):
+    """Load the I2V surrogate: from the user's ComfyUI models when ``model`` is connected, else a diffusers folder."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=NODE_ID,
+            display_name="Load I2V Surrogate (Anti-I2V)",
+            category=CATEGORY,
+            description=(
+                "Loads the image-to-video model the protection is optimised against (the surrogate). Connect "
+                "your ComfyUI Wan 2.1 / SVD models (model, vae, clip_vision, positive) to reuse them, or pick a "
+                "diffusers-format folder (CogVideoX-5B-I2V, Wan 2.1 I2V, SVD) from models/diffusers."
+            ),
+            inputs=[
+                io.Combo.Input("family", options=["auto", *FAMILIES], default="auto",
+                               tooltip="Model family; 'auto' reads it from the folder's model_index.json or "
+                                       "from the connected model."),
+                io.Combo.Input("folder", options=[NONE_FOLDER, *diffusers_folders()], default=NONE_FOLDER,
+                               tooltip="Diffusers-format model folder under models/diffusers (ignored when "
+                                       "'model' is connected). An anti_i2v.json in it with {\"working_size\": "
+                                       "[h, w]} sets the optimisation size for models trained at another size."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="bfloat16",
+                               tooltip="Compute dtype of the surrogate (bfloat16 halves memory on GPUs; use "
+                                       "float32 on CPU)."),
+                io.Int.Input("frames", default=9, min=1, max=1024,
+                             tooltip="Pixel frames of the video the denoiser sees while protecting (fewer "
+                                     "frames: faster, less memory)."),
+                io.Boolean.Input("gradient_checkpointing", default=False,
+                                 tooltip="Recompute denoiser blocks during backward: less memory, slower."),
+                io.Model.Input("model", optional=True,
+                               tooltip="Optional: your ComfyUI I2V model (Wan 2.1 I2V or SVD) to protect against."),
+                io.Vae.Input("vae", optional=True, tooltip="Optional: the VAE that goes with 'model'."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="Optional: the CLIP vision model that goes with 'model' (Wan 2.1, SVD)."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="Optional: text conditioning for 'model' (Wan 2.1); zeros when absent."),
+            ],
+            outputs=[SurrogateType.Output(display_name="surrogate",
+                                          tooltip="The I2V surrogate for the protect and preview nodes.")],
+        )
+
+    @classmethod
+    def execute(cls, family: str, folder: str, dtype: str, frames: int, gradient_checkpointing: bool,
+                model=None, vae=None, clip_vision=None, positive=None) -> io.NodeOutput:
+        if dtype not in DTYPES:
+            raise ValueError(f"{NODE_ID}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if int(frames) < 1:
+            raise ValueError(f"{NODE_ID}: frames must be >= 1, got {frames}")
+        with runtime.node_errors(NODE_ID), runtime.grad_enabled():
+            if model is not None:
+                try:
+                    from .native import native_surrogate
+                except ImportError as exc:
+                    raise ValueError(f"native ComfyUI models are not supported by this install ({exc}); "
+                                     f"pick a diffusers folder instead") from exc
+                surrogate = native_surrogate(model=model, vae=vae, clip_vision=clip_vision, positive=positive,
+                                             family=family, frames=int(frames), dtype=DTYPES[dtype])
+                surrogate.gradient_checkpointing = bool(gradient_checkpointing)
+                return io.NodeOutput(surrogate)
+            if folder in (None, "", NONE_FOLDER):
+                raise ValueError("no model: connect your ComfyUI I2V model to 'model' or pick a diffusers "
+                                 f"folder ({_SUPPORTED}) in 'folder'")
+            path = _resolve_folder(folder)
+            fam = detect_family(path) if family == "auto" else family
+            if fam not in FAMILIES:
+                raise ValueError(f"family must be one of auto, {', '.join(FAMILIES)}, got {family!r}")
+            # loaded outside inference mode: inference-mode weights cannot be saved for backward
+            surrogate = load_surrogate(fam, path, num_frames=int(frames), dtype=DTYPES[dtype],
+                                       gradient_checkpointing=bool(gradient_checkpointing), **folder_settings(path))
+            runtime.LOG.info("%s: loaded %s surrogate from %s (%d blocks, %d VAE layers)", NODE_ID, fam, path,
+                             surrogate.num_blocks, surrogate.num_vae_layers)
+        return io.NodeOutput(runtime.manage_surrogate(surrogate))

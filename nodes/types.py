@@ -1,0 +1,34 @@
+"""Plain data that travels between the pack's nodes (no ComfyUI import here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from anti_i2v.losses import LossTerm, Objective
+
+__all__ = ["LossChain"]
+
+
+@dataclass(frozen=True)
+class LossChain:
+    """What an ``ANTI_I2V_LOSS`` socket carries: the objective built so far and the target image.
+
+    Attributes:
+        objective: the sum of the loss terms chained so far (:class:`anti_i2v.losses.Objective`).
+        target: the unrelated target image for IRA / PhotoGuard terms as a ComfyUI IMAGE (B, H, W, C) in
+            [0, 1], or None for the library's default target pattern.
+    """
+
+    objective: Objective
+    target: torch.Tensor | None = None
+
+    def extend(self, term: LossTerm, target: torch.Tensor | None = None) -> "LossChain":
+        """A new chain with ``term`` appended; ``target`` (when given) replaces the chain's target."""
+        return LossChain(self.objective + term, self.target if target is None else target)
+
+    @staticmethod
+    def start(term: LossTerm, target: torch.Tensor | None = None) -> "LossChain":
+        """A chain holding only ``term``."""
+        return LossChain(Objective((term,)), target)

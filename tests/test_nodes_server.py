@@ -1,0 +1,306 @@
+"""The Anti-I2V nodes inside the real ComfyUI 0.3.75 server (started once per session by ``comfy_server``).
+
+Everything goes through ComfyUI's public API (POST /prompt, /history, /interrupt, /object_info, websocket),
+with API-format prompts that list every required input. The surrogate is the tiny random-weight CogVideoX-I2V
+written by the adapter's ``save_tiny`` into ``models/diffusers/tiny-cogvideox`` (4 blocks, VAE-encoder
+layers 0-3, native size 32x48).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.comfy_harness import ComfyServer
+
+pytestmark = pytest.mark.comfy
+
+NODE_IDS = [
+    "AntiI2V_LoadSurrogateI2V",
+    "AntiI2V_DSPPerturb",
+    "AntiI2V_IRALoss",
+    "AntiI2V_IRCLoss",
+    "AntiI2V_BaselineLoss",
+    "AntiI2V_ProtectLoop",
+    "AntiI2V_PreviewAttackVideo",
+]
+EPS = 16.0
+PHOTO = "anti_i2v_photo.png"
+PHOTO_HW = (40, 56)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def srv(comfy_server: ComfyServer) -> ComfyServer:
+    """The server with test pictures in its input folder and a non-I2V model folder."""
+    if "cogvideox" not in getattr(comfy_server, "tiny_models", {}):
+        pytest.fail("the CogVideoX adapter (anti_i2v/surrogates/cogvideox.py) is needed by these tests")
+    h, w = PHOTO_HW
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([(xx * 255 // w), (yy * 255 // h), ((xx + yy) * 3) % 256], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(comfy_server.input_dir / PHOTO)
+    Image.fromarray(np.full((1, 1, 3), 128, np.uint8)).save(comfy_server.input_dir / "one_pixel.png")
+    not_i2v = comfy_server.models_dir / "diffusers" / "not-i2v-sd15"
+    not_i2v.mkdir(parents=True, exist_ok=True)
+    (not_i2v / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return comfy_server
+
+
+def graph(*, steps: int = 3, seed: int = 0, blocks: str = "3", image: str = PHOTO, folder: str = "tiny-cogvideox",
+          preview: bool = False, extra: dict | None = None, image_link: list | None = None,
+          target_link: list | None = None, pairs: str | None = "1:3", vae_layers: str = "3",
+          surrogate_inputs: dict | None = None) -> dict:
+    """LoadImage -> LoadSurrogateI2V -> DSPPerturb -> IRALoss -> IRCLoss -> ProtectLoop -> SaveImage (+ Preview).
+
+    ``pairs=None`` leaves IRCLoss out (ProtectLoop takes the IRA chain directly).
+    """
+    ira = {"blocks": blocks, "vae_layers": vae_layers, "weight": 1.0}
+    if target_link is not None:
+        ira["target_image"] = target_link
+    g = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "2": {"class_type": "AntiI2V_LoadSurrogateI2V",
+              "inputs": {"family": "auto", "folder": folder, "dtype": "float32", "frames": 9,
+                         "gradient_checkpointing": False, **(surrogate_inputs or {})}},
+        "3": {"class_type": "AntiI2V_DSPPerturb",
+              "inputs": {"eps": EPS, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
+        "4": {"class_type": "AntiI2V_IRALoss", "inputs": ira},
+        "5": {"class_type": "AntiI2V_IRCLoss", "inputs": {"pairs": pairs, "weight": 1.0, "losses": ["4", 0]}},
+        "6": {"class_type": "AntiI2V_ProtectLoop",
+              "inputs": {"image": image_link or ["1", 0], "surrogate": ["2", 0], "perturbation": ["3", 0],
+                         "losses": ["5", 0], "steps": steps, "step_size": 2.0, "schedule": "constant",
+                         "optimizer": "sign", "seed": seed, "frames": 0}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": f"anti_i2v_{seed}"}},
+        "9": {"class_type": "PreviewAny", "inputs": {"source": ["6", 2]}},
+    }
+    if pairs is None:
+        del g["5"]
+        g["6"]["inputs"]["losses"] = ["4", 0]
+    if preview:
+        g["8"] = {"class_type": "AntiI2V_PreviewAttackVideo",
+                  "inputs": {"surrogate": ["2", 0], "clean_image": ["1", 0], "protected_image": ["6", 0],
+                             "steps": 2, "seed": 0, "frames": 0}}
+        g["10"] = {"class_type": "PreviewAny", "inputs": {"source": ["8", 2]}}
+    g["12"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 1], "filename_prefix": f"anti_i2v_view_{seed}"}}
+    g.update(extra or {})
+    return g
+
+
+def run(srv: ComfyServer, prompt: dict, timeout: float = 120.0) -> dict:
+    return srv.wait(srv.post_prompt(prompt), timeout=timeout)
+
+
+def assert_success(srv: ComfyServer, entry: dict) -> None:
+    status = entry["status"]
+    assert status["status_str"] == "success", f"prompt failed: {ComfyServer.error_of(entry)}\n{srv.log()}"
+
+
+def node_error(entry: dict) -> dict:
+    err = ComfyServer.error_of(entry)
+    assert err is not None, f"expected an execution_error, got status {entry['status']}"
+    assert entry["status"]["status_str"] == "error"
+    return err
+
+
+def text_output(entry: dict, node: str) -> str:
+    return entry["outputs"][node]["text"][0]
+
+
+# ---------------------------------------------------------------------------------------------- schema
+def test_every_node_is_documented(srv):
+    info = srv.object_info()
+    for node in NODE_IDS:
+        assert node in info, f"{node} missing from /object_info; server log:\n{srv.log()}"
+        spec = info[node]
+        assert spec["category"] == "Anti-I2V"
+        assert len(spec["description"]) > 40, f"{node} has no real description"
+        for group in ("required", "optional"):
+            for name, (_, opts) in spec["input"].get(group, {}).items():
+                assert opts.get("tooltip"), f"{node}.{name} has no tooltip"
+    assert info["AntiI2V_PreviewAttackVideo"]["output_node"] is True
+    folders = info["AntiI2V_LoadSurrogateI2V"]["input"]["required"]["folder"][1]["options"]
+    assert "tiny-cogvideox" in folders and "(none)" in folders
+    assert info["AntiI2V_ProtectLoop"]["output"] == ["IMAGE", "IMAGE", "STRING"]
+    assert info["AntiI2V_IRALoss"]["output"] == ["ANTI_I2V_LOSS"]
+
+
+# ---------------------------------------------------------------------------------------------- success path
+def test_protect_chain_saves_protected_image_within_budget(srv):
+    t0 = time.monotonic()
+    pid = srv.post_prompt(graph(steps=3, seed=1, preview=True))
+    entry = srv.wait(pid, timeout=150)
+    assert_success(srv, entry)
+
+    # the saved image: the input's size, within the budget (SaveImage truncates to uint8: at most 1 more)
+    (saved,) = srv.output_files(entry, "7")
+    out = np.asarray(Image.open(saved).convert("RGB")).astype(int)
+    src = np.asarray(Image.open(srv.input_dir / PHOTO).convert("RGB")).astype(int)
+    assert out.shape == src.shape == (*PHOTO_HW, 3)
+    linf = np.abs(out - src).max()
+    assert linf <= EPS + 1, f"L-inf {linf}/255 exceeds the budget {EPS}/255"
+    assert linf >= 1, "the protected image equals the input: nothing was optimised"
+    # perturbation_view = |delta| / budget (white = the full budget), same size
+    (view_file,) = srv.output_files(entry, "12")
+    view = np.asarray(Image.open(view_file).convert("RGB")).astype(float)
+    assert view.shape == out.shape and view.max() > 0
+    assert np.abs(view * EPS / 255 - np.abs(out - src)).max() <= 2.5
+
+    report = json.loads(text_output(entry, "9"))
+    assert report["steps_done"] == 3 and report["cancelled"] is False
+    assert max(report["linf_255"]) <= EPS + 1e-3
+    assert report["settings"]["image_size"] == list(PHOTO_HW)
+    assert [r["step"] for r in report["loss_history"]] == [1, 2, 3]
+    assert set(report["loss_history"][0]) >= {"loss", "ira", "irc"}
+
+    # the preview: clean | protected side by side as an animated WebP on the node, metrics as JSON
+    ui = entry["outputs"]["8"]
+    (webp,) = srv.output_files(entry, "8")
+    assert webp.suffix == ".webp" and webp.is_file()
+    with Image.open(webp) as im:
+        assert getattr(im, "n_frames", 1) > 1 and ui.get("animated") == [True]
+        assert im.size == (2 * 48, 32), f"expected two 48x32 videos side by side, got {im.size}"
+    metrics = json.loads(text_output(entry, "10"))
+    assert metrics["settings"]["num_frames"] == 9
+
+    # websocket: the pack's progress event every iteration and ComfyUI's own progress for the node
+    events = srv.ws_events(pid)
+    ours = [e["data"] for e in events if e["type"] == "anti_i2v.progress"]
+    assert [d["step"] for d in ours] == [1, 2, 3], ours
+    assert all(d["node"] == "6" and d["total"] == 3 and np.isfinite(d["loss"]) for d in ours)
+    assert set(ours[0]["terms"]) == {"ira", "irc"}
+    bars = [e["data"] for e in events if e["type"] == "progress" and e["data"].get("node") == "6"]
+    assert bars and bars[-1]["value"] == bars[-1]["max"] == 3
+    assert time.monotonic() - t0 < 120
+
+
+def test_rgba_input_is_protected_as_rgb(srv):
+    extra = {"11": {"class_type": "AntiI2VTest_AddAlpha", "inputs": {"image": ["1", 0]}}}
+    entry = run(srv, graph(steps=1, seed=7, extra=extra, image_link=["11", 0]))
+    assert_success(srv, entry)
+    (saved,) = srv.output_files(entry, "7")
+    assert Image.open(saved).mode == "RGB"
+    assert "alpha channel" in srv.log(20000)
+
+
+@pytest.mark.parametrize("family, pairs, size", [("wan21", "1:3", (32, 48)), ("svd", None, (64, 64))])
+def test_other_diffusers_families_load_with_auto(srv, family, pairs, size):
+    """The wan21 and svd adapters' tiny folders: family detected from model_index.json, one protect step."""
+    folder = srv.tiny_models.get(family)
+    assert folder, f"no tiny {family} folder: its adapter is missing"
+    entry = run(srv, graph(steps=1, seed=20, folder=folder, blocks="1", vae_layers="0", pairs=pairs))
+    assert_success(srv, entry)
+    report = json.loads(text_output(entry, "9"))
+    assert report["settings"]["surrogate"]["family"] == family
+    assert report["settings"]["working_size"] == list(size)
+    (saved,) = srv.output_files(entry, "7")
+    assert Image.open(saved).size == (PHOTO_HW[1], PHOTO_HW[0])
+
+
+# ---------------------------------------------------------------------------------------------- native models
+WRITE_WAN = (
+    "import sys; from tests.comfy_models import write_tiny_wan21_i2v, write_tiny_wan_t2v, write_tiny_wan_vae; "
+    "m = sys.argv[1]; write_tiny_wan21_i2v(m + '/diffusion_models'); write_tiny_wan_t2v(m + '/diffusion_models'); "
+    "write_tiny_wan_vae(m + '/vae')"
+)
+
+
+def test_native_comfy_model_and_non_i2v_model(srv):
+    """The user's ComfyUI models (UNETLoader + VAELoader) as the surrogate; a text-to-video MODEL is refused.
+
+    The text encoder (umT5-XXL) cannot be made tiny: AntiI2VTest_ZeroConditioning (width 4096) stands in for
+    CLIPLoader + CLIPTextEncode. The tiny files are written in a subprocess so ComfyUI never enters this process.
+    """
+    import subprocess
+    import sys
+
+    from tests.comfy_harness import REPO_ROOT
+
+    done = subprocess.run([sys.executable, "-c", WRITE_WAN, str(srv.models_dir)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from tests.comfy_models import WAN_I2V_FILE, WAN_T2V_FILE, WAN_VAE_FILE
+
+    def native_graph(unet: str, seed: int) -> dict:
+        extra = {
+            "21": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
+            "22": {"class_type": "VAELoader", "inputs": {"vae_name": WAN_VAE_FILE}},
+            "23": {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 8}},
+        }
+        links = {"model": ["21", 0], "vae": ["22", 0], "positive": ["23", 0], "folder": "(none)"}
+        return graph(steps=1, seed=seed, blocks="1", vae_layers="", pairs="0:1", extra=extra,
+                     surrogate_inputs=links)
+
+    entry = run(srv, native_graph(WAN_I2V_FILE, 30), timeout=120)
+    assert_success(srv, entry)
+    report = json.loads(text_output(entry, "9"))
+    assert report["settings"]["surrogate"]["family"].startswith("wan21") and report["steps_done"] == 1
+    (saved,) = srv.output_files(entry, "7")
+    assert Image.open(saved).size == (PHOTO_HW[1], PHOTO_HW[0])
+
+    entry = run(srv, native_graph(WAN_T2V_FILE, 31), timeout=120)
+    err = node_error(entry)
+    assert err["node_type"] == "AntiI2V_LoadSurrogateI2V"
+    assert err["exception_message"].startswith("AntiI2V_LoadSurrogateI2V: ")
+    assert "text-to-video" in err["exception_message"], err["exception_message"]
+
+
+# ---------------------------------------------------------------------------------------------- cancel
+def test_interrupt_stops_within_an_iteration_and_server_continues(srv):
+    pid = srv.post_prompt(graph(steps=5000, seed=2))
+
+    def started(e):
+        return e.get("type") == "anti_i2v.progress" and e["data"]["step"] >= 2 and e["data"]["total"] == 5000
+
+    srv.wait_event(started, timeout=60)
+    t_int = time.monotonic()
+    srv.interrupt()
+    entry = srv.wait(pid, timeout=60)
+    assert time.monotonic() - t_int < 15
+    kinds = [k for k, _ in ComfyServer.status_messages(entry)]
+    assert "execution_interrupted" in kinds, entry["status"]
+    steps = [e for e in srv.ws_events(types="anti_i2v.progress") if e["data"]["total"] == 5000]
+    after = [e for e in steps if e["_t"] > t_int]
+    # the iteration running at the interrupt finishes and reports; at most one more was already in flight
+    assert len(after) <= 2, [e["data"]["step"] for e in after]
+    assert steps[-1]["data"]["step"] < 5000
+
+    # the server runs the next prompt to success
+    entry = run(srv, graph(steps=1, seed=3))
+    assert_success(srv, entry)
+
+
+# ---------------------------------------------------------------------------------------------- bad inputs
+BAD_CASES = {
+    "one_pixel": (dict(image="one_pixel.png"), "AntiI2V_ProtectLoop", ["1x1"]),
+    "block_out_of_range": (dict(blocks="99"), "AntiI2V_ProtectLoop", ["99", "0-3"]),
+    "nan_image": (dict(extra={"11": {"class_type": "AntiI2VTest_PoisonImage", "inputs": {"image": ["1", 0]}}},
+                       image_link=["11", 0]), "AntiI2V_ProtectLoop", ["NaN"]),
+    "target_batch": (dict(extra={"11": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 2}}},
+                          target_link=["11", 0]), "AntiI2V_ProtectLoop", ["target_image", "batch of 2", "1"]),
+    "not_i2v_folder": (dict(folder="not-i2v-sd15"), "AntiI2V_LoadSurrogateI2V",
+                       ["not an image-to-video model", "StableDiffusionPipeline"]),
+    "bad_index_text": (dict(blocks="3-x"), "AntiI2V_IRALoss", ["blocks", "3-x"]),
+}
+
+
+def test_bad_inputs_give_clear_node_errors_and_server_keeps_serving(srv):
+    for i, (name, (kwargs, node_type, words)) in enumerate(BAD_CASES.items()):
+        entry = run(srv, graph(steps=2, seed=100 + i, **kwargs), timeout=60)
+        err = node_error(entry)
+        msg = err["exception_message"]
+        assert err["node_type"] == node_type, (name, err["node_type"], msg)
+        assert msg.startswith(node_type), (name, msg)
+        for w in words:
+            assert w in msg, f"{name}: {w!r} not in {msg!r}"
+        ws = [e for e in srv.ws_events(entry_id(entry), "execution_error")]
+        assert ws and ws[-1]["data"]["exception_message"] == msg
+    entry = run(srv, graph(steps=1, seed=4))
+    assert_success(srv, entry)
+
+
+def entry_id(entry: dict) -> str:
+    return entry["prompt"][1]
