@@ -1,0 +1,773 @@
+"""Surrogates built from the user's own ComfyUI models: native Wan 2.1 I2V and Stable Video Diffusion.
+
+:func:`native_surrogate` turns what a ComfyUI graph already holds (``MODEL`` = ``ModelPatcher``, ``VAE`` =
+``comfy.sd.VAE``, ``CLIP_VISION`` = ``comfy.clip_vision.ClipVisionModel``, ``CONDITIONING``) into an
+:class:`anti_i2v.surrogates.base.Surrogate`, so the protect loop attacks exactly the model the user samples with
+(LoRAs and object patches applied by ComfyUI's model management included).
+
+How the image enters (the same steps as ComfyUI's own nodes, written with differentiable ops):
+
+* Wan 2.1 / 2.2-14B I2V (``comfy.model_base.WAN21``, 36 input channels), as ``WanImageToVideo``
+  (``comfy_extras/nodes_wan.py``): the photo is the first frame of a ``frames``-long video of 0.5 grey, the
+  whole video is VAE-encoded, a mask zeroes the first latent frame, both go to the model as
+  ``concat_latent_image`` / ``concat_mask`` beside the text conditioning (and the CLIP-vision penultimate
+  hidden states when a ``CLIP_VISION`` is connected); ``BaseModel.extra_conds`` turns them into ``c_concat``.
+* SVD (``comfy.model_base.SVD_img2vid``), as ``SVD_img2vid_Conditioning`` (``comfy_extras/nodes_video_model.py``):
+  the CLIP-vision image embedding is the cross-attention context, the unscaled VAE latent of the photo is
+  concatenated to every noisy frame, fps 6 / motion bucket 127 / augmentation 0 go to the ``y`` embedding.
+
+Then ``BaseModel.apply_model`` runs with block hooks (Wan: ``diffusion_model.blocks``; SVD: ``input_blocks``,
+``middle_block``, ``output_blocks``). Differences from the nodes, all on purpose: ``VAE.encode`` is replaced by
+``vae.first_stage_model.encode(vae.process_input(x))`` (``VAE.encode`` writes into a preallocated buffer and
+may fall back to tiling, which cuts the graph); the ``round()`` in CLIP preprocessing keeps its forward value but
+passes the gradient straight through (``round`` has zero gradient); the shadow's CLIP-vision layers add their
+residuals out of place (``comfy.clip_model.CLIPLayer`` adds in place, which autograd refuses).
+
+**The user's models are never modified** (design choice, proved by ``tests/test_native.py``): ComfyUI loads
+weights as inference tensors, which autograd cannot save for backward. Instead of replacing them, every
+:meth:`NativeSurrogate.features` call runs on a *private shadow* of each module tree: a structural copy of the
+modules (own parameter, buffer, child and hook dictionaries) whose parameters are zero-copy, non-inference
+aliases of the user's current storage (``Tensor.set_`` on the same storage; no weight is copied, so a 14B model
+costs no extra memory). The aliases are bound after ``comfy.model_management.load_models_gpu`` at the start of
+the call and dropped at its end, so the surrogate never pins weights that ComfyUI later offloads, and it always
+sees the weights ComfyUI currently has on the device. Hooks, ``requires_grad`` and training flags that the
+protect loop sets land on the shadow only. The latent format's mean/std tensors are aliased the same way.
+
+Working size: the photo's own size rounded down to the family's multiple (16 for Wan, 64 for SVD), scaled down
+to the model's native pixel area when larger (Wan 480p: 480 x 832; SVD: 576 x 1024), i.e. what a user would
+set on ``WanImageToVideo`` / ``SVD_img2vid_Conditioning`` for that photo. ``size=`` fixes it instead.
+
+Noise: :meth:`NativeSurrogate.sample_noise` draws the timestep (a sigma from the model's own
+``model_sampling``) and a noise *seed* (``draw.extra["noise_seed"]``); the Gaussian noise itself is drawn in
+``_forward`` once the latent shape is known, so the target and the adversarial pass share it exactly.
+
+This module imports ComfyUI lazily (inside functions) and uses only absolute imports, so it can be imported,
+documented and unit-tested without ComfyUI on the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+from collections import OrderedDict
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from anti_i2v.surrogates.base import FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError
+
+__all__ = [
+    "NATIVE_FAMILIES",
+    "NativeSurrogate",
+    "NativeWan21Surrogate",
+    "NativeSVDSurrogate",
+    "detect_native_family",
+    "native_surrogate",
+]
+
+log = logging.getLogger("anti_i2v.native")
+
+#: families a native surrogate can be built for
+NATIVE_FAMILIES = ("wan21", "svd")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---------------------------------------------------------------------------------------------- shadows
+def _alias(t: Tensor) -> Tensor:
+    """A normal (non-inference) tensor viewing ``t``'s storage: no copy, no autograd history.
+
+    Falls back to a copy for tensor subclasses whose storage cannot be shared this way.
+    """
+    with torch.inference_mode(False):
+        if not t.is_inference():
+            return t.detach()
+        try:
+            out = torch.empty(0, dtype=t.dtype, device=t.device)
+            out.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+            return out
+        except (RuntimeError, TypeError, NotImplementedError):  # quantised / subclassed tensors
+            return t.clone()
+
+
+def _copy_latent_format(fmt: Any) -> Any:
+    """A shallow copy of a ``comfy.latent_formats`` object whose tensor attributes are normal aliases."""
+    out = copy.copy(fmt)
+    for k, v in list(vars(fmt).items()):
+        if isinstance(v, Tensor):
+            setattr(out, k, _alias(v))
+    return out
+
+
+def _clip_layer_forward(self: nn.Module, x: Tensor, mask: Tensor | None = None, optimized_attention=None) -> Tensor:
+    """``comfy.clip_model.CLIPLayer.forward`` without its in-place adds (they break autograd)."""
+    x = x + self.self_attn(self.layer_norm1(x), mask, optimized_attention)
+    return x + self.mlp(self.layer_norm2(x))
+
+
+def _patch_in_place(shadow: nn.Module) -> None:
+    """Give shadow modules whose ComfyUI forward writes in place an out-of-place forward (same values)."""
+    cls = type(shadow)
+    if cls.__name__ == "CLIPLayer" and cls.__module__ == "comfy.clip_model":
+        shadow.__dict__["forward"] = _clip_layer_forward.__get__(shadow, cls)
+
+
+class _Shadow:
+    """A private structural copy of a module tree, bound to the user's tensors only during one call.
+
+    Every module is re-created with ``__new__`` and its own ``_parameters``, ``_buffers``, ``_modules`` and
+    hook dictionaries; plain attributes (config values, ComfyUI cast flags, ``weight_function`` lists) are
+    shared by reference and re-synchronised at each :meth:`bind`, so ComfyUI's state changes (partial loading,
+    object patches) are followed. The user's modules are only read.
+    """
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root_user = root
+        self._signature: tuple = ()
+        self.pairs: list[tuple[nn.Module, nn.Module]] = []
+        self.root: nn.Module = self._build()
+
+    def _current_signature(self) -> tuple:
+        return tuple(id(m) for m in self.root_user.modules())
+
+    def _build(self) -> nn.Module:
+        memo: dict[int, nn.Module] = {}
+        pairs: list[tuple[nn.Module, nn.Module]] = []
+
+        def rec(m: nn.Module) -> nn.Module:
+            if id(m) in memo:
+                return memo[id(m)]
+            s = m.__class__.__new__(m.__class__)
+            memo[id(m)] = s
+            d = {}
+            for k, v in m.__dict__.items():
+                if k.startswith("_") and isinstance(v, (dict, set)):
+                    d[k] = type(v)(v) if not isinstance(v, OrderedDict) else OrderedDict(v)
+                else:
+                    d[k] = v
+            d["_parameters"] = OrderedDict((k, None) for k in m._parameters)
+            d["_buffers"] = OrderedDict((k, None) for k in m._buffers)
+            d["_modules"] = OrderedDict()
+            object.__setattr__(s, "__dict__", d)
+            _patch_in_place(s)
+            for k, c in m._modules.items():
+                d["_modules"][k] = None if c is None else rec(c)
+            pairs.append((m, s))
+            return s
+
+        root = rec(self.root_user)
+        self.pairs = pairs
+        self._signature = self._current_signature()
+        return root
+
+    def refresh(self) -> None:
+        """Rebuild the structure if ComfyUI swapped modules (object patches) since the last build."""
+        if self._current_signature() != self._signature:
+            self.root = self._build()
+
+    def bind(self) -> None:
+        """Point the shadow at the user's current tensors (zero-copy aliases) and plain attributes."""
+        for m, s in self.pairs:
+            sd = s.__dict__
+            for k, v in m.__dict__.items():
+                if k == "training" or (k.startswith("_") and isinstance(v, (dict, set))):
+                    continue
+                if isinstance(v, Tensor):
+                    sd[k] = _alias(v)
+                elif k == "latent_format" and v is not None:
+                    sd[k] = _copy_latent_format(v)
+                else:
+                    sd[k] = v
+            for k, p in m._parameters.items():
+                s._parameters[k] = None if p is None else nn.Parameter(_alias(p), requires_grad=False)
+            for k, b in m._buffers.items():
+                s._buffers[k] = None if b is None else _alias(b)
+
+    def unbind(self) -> None:
+        """Drop every alias so that no storage of the user's model stays referenced between calls."""
+        for m, s in self.pairs:
+            for k in s._parameters:
+                s._parameters[k] = None
+            for k in s._buffers:
+                s._buffers[k] = None
+            for k, v in list(s.__dict__.items()):
+                if isinstance(v, Tensor):
+                    s.__dict__[k] = None
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _comfy():
+    """Import the ComfyUI modules used here (only available inside ComfyUI or with its folder on the path)."""
+    try:
+        import comfy.model_base
+        import comfy.model_management
+        import comfy.utils
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise SurrogateError(
+            "native surrogates need ComfyUI (the 'comfy' package); connect the models inside ComfyUI"
+        ) from e
+    return comfy
+
+
+def _describe_model(model: Any) -> str:
+    inner = getattr(model, "model", None)
+    if inner is None:
+        return type(model).__name__
+    name = type(inner).__name__
+    dm = getattr(inner, "diffusion_model", None)
+    emb = getattr(dm, "patch_embedding", None)
+    if name == "WAN21" and emb is not None:
+        return f"{name} ({emb.weight.shape[1]} input channels)"
+    return name
+
+
+def detect_native_family(model: Any) -> str:
+    """The family (``"wan21"`` or ``"svd"``) of a ComfyUI ``MODEL``, or ValueError naming what was connected.
+
+    Wan: ``comfy.model_base.WAN21`` itself (not its VACE/camera/S2V/2.2-5B subclasses) whose patch embedding
+    takes 36 channels (16 noise + 4 mask + 16 image latent), i.e. Wan 2.1 I2V (with CLIP image tokens) and
+    Wan 2.2 14B I2V. SVD: ``comfy.model_base.SVD_img2vid``.
+    """
+    comfy = _comfy()
+    inner = getattr(model, "model", None)
+    mb = comfy.model_base
+    supported = ("Wan 2.1 I2V / Wan 2.2 14B I2V (WAN21 with 36 input channels, from UNETLoader) or SVD "
+                 "(SVD_img2vid, from ImageOnlyCheckpointLoader)")
+    if inner is None:
+        raise ValueError(f"model: expected a ComfyUI MODEL, got {type(model).__name__}; supported: {supported}")
+    if type(inner) is mb.WAN21:
+        dm = inner.diffusion_model
+        in_ch = dm.patch_embedding.weight.shape[1]
+        lat = inner.latent_format.latent_channels
+        if in_ch == 2 * lat + 4:
+            return "wan21"
+        raise ValueError(
+            f"model: the connected Wan model takes {in_ch} input channels, which is not image-to-video "
+            f"(a text-to-video model?); supported: {supported}"
+        )
+    if type(inner) is mb.SVD_img2vid:
+        return "svd"
+    raise ValueError(f"model: the connected model is {_describe_model(model)}, not an image-to-video model "
+                     f"this pack supports natively; supported: {supported}")
+
+
+def _ste_round(x: Tensor) -> Tensor:
+    """``round(x)`` in the forward pass, identity in the backward pass (straight-through estimator)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def _clip_vision_encode(cv_model: nn.Module, clip_vision: Any, image: Tensor, *, crop: bool = True) -> Any:
+    """Differentiable ``ClipVisionModel.encode_image`` (comfy/clip_vision.py) on the shadow ``cv_model``.
+
+    Args:
+        cv_model: the shadow of ``clip_vision.model``.
+        clip_vision: the user's ClipVisionModel (image size, mean, std, output mode).
+        image: (B, H, W, 3) ComfyUI IMAGE in [0, 1].
+    """
+    import comfy.clip_vision
+
+    size = clip_vision.image_size
+    mean = torch.tensor(clip_vision.image_mean, device=image.device, dtype=image.dtype).view(3, 1, 1)
+    std = torch.tensor(clip_vision.image_std, device=image.device, dtype=image.dtype).view(3, 1, 1)
+    x = image[..., :3].movedim(-1, 1)
+    if not (x.shape[2] == size and x.shape[3] == size):
+        if crop:
+            scale = size / min(x.shape[2], x.shape[3])
+            scale_size = (round(scale * x.shape[2]), round(scale * x.shape[3]))
+        else:
+            scale_size = (size, size)
+        x = torch.nn.functional.interpolate(x, size=scale_size, mode="bicubic", antialias=True)
+        h = (x.shape[2] - size) // 2
+        w = (x.shape[3] - size) // 2
+        x = x[:, :, h:h + size, w:w + size]
+    x = _ste_round(torch.clip(255.0 * x, 0, 255)) / 255.0
+    pixel_values = ((x - mean) / std).float()
+    all_hs = getattr(clip_vision, "return_all_hidden_states", False)
+    out = cv_model(pixel_values=pixel_values, intermediate_output="all" if all_hs else -2)
+    res = comfy.clip_vision.Output()
+    res["last_hidden_state"] = out[0]
+    res["image_embeds"] = out[2]
+    if all_hs:
+        res["penultimate_hidden_states"] = out[1][:, -2]
+        res["all_hidden_states"] = out[1]
+    else:
+        res["penultimate_hidden_states"] = out[1]
+    res["mm_projected"] = out[3]
+    return res
+
+
+# ---------------------------------------------------------------------------------------------- base
+class NativeSurrogate(Surrogate):
+    """Common part of the native (ComfyUI-model) surrogates; see the module docstring for the design.
+
+    Args:
+        model: the ComfyUI ``MODEL`` (``ModelPatcher``).
+        vae: the ComfyUI ``VAE``.
+        clip_vision: the ComfyUI ``CLIP_VISION`` (required for SVD, optional for Wan).
+        positive: the ComfyUI ``CONDITIONING`` for text (Wan); zeros of the model's text width when None.
+        num_frames: pixel frames of the video (Wan: ``length`` of WanImageToVideo; SVD: ``video_frames``).
+        dtype: accepted for the node contract; the denoiser computes in the dtype ComfyUI loaded it with
+            (the weights are the user's, never converted or copied) and the VAE in ``vae.vae_dtype``.
+        size: fixed (height, width) working size; by default derived from the photo (module docstring).
+    """
+
+    family = "native"
+    native_area: int = 480 * 832
+    size_multiple = 16
+    default_size = (480, 832)
+
+    def __init__(self, *, model: Any, vae: Any, clip_vision: Any = None, positive: Any = None,
+                 num_frames: int = 9, dtype: torch.dtype = torch.bfloat16,
+                 size: tuple[int, int] | None = None) -> None:
+        super().__init__(num_frames=num_frames, dtype=dtype, working_size=None)
+        if vae is None or getattr(vae, "first_stage_model", None) is None:
+            raise ValueError("vae: connect the VAE that belongs to the model (a VAELoader or checkpoint output)")
+        if size is not None:
+            h, w = (int(size[0]), int(size[1]))
+            m = self.size_multiple
+            if h < m or w < m or h % m or w % m:
+                raise SurrogateError(f"size must be two multiples of {m} >= {m}, got {size}")
+            self._working_size = (h, w)
+        self.model = model
+        self.vae = vae
+        self.clip_vision = clip_vision
+        self.requested_dtype = dtype
+        self._model_shadow = _Shadow(model.model)
+        self._vae_shadow = _Shadow(vae.first_stage_model)
+        self._cv_shadow = _Shadow(clip_vision.model) if clip_vision is not None else None
+        self._bound = False
+
+    # ------------------------------------------------------------- shadows and devices
+    def _shadows(self) -> list[_Shadow]:
+        return [s for s in (self._model_shadow, self._vae_shadow, self._cv_shadow) if s is not None]
+
+    def _patchers(self) -> list[Any]:
+        out = [self.model, self.vae.patcher]
+        if self.clip_vision is not None:
+            out.append(self.clip_vision.patcher)
+        return out
+
+    @contextlib.contextmanager
+    def bound(self) -> Iterator[None]:
+        """Load the user's models through ComfyUI and bind the shadows to them for the block (re-entrant)."""
+        if self._bound:
+            yield
+            return
+        comfy = _comfy()
+        with torch.inference_mode():  # the same mode ComfyUI loads and patches weights in
+            comfy.model_management.load_models_gpu(self._patchers())
+        try:
+            for s in self._shadows():
+                s.refresh()
+                s.bind()
+            self._bound = True
+            yield
+        finally:
+            self._bound = False
+            for s in self._shadows():
+                s.unbind()
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The shadow of ``model.model`` (a ``comfy.model_base.BaseModel``)."""
+        return self._model_shadow.root
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.model.load_device)
+
+    def denoiser(self) -> nn.Module:
+        return self._model_shadow.root.diffusion_model
+
+    def modules(self) -> list[nn.Module]:
+        return [s.root for s in self._shadows()]
+
+    def to(self, device: str | torch.device) -> "NativeSurrogate":
+        """No-op: ComfyUI's model management decides where the user's models live (``model.load_device``)."""
+        return self
+
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        if self._working_size is not None:
+            return self._working_size
+        m = self.size_multiple
+        scale = min(1.0, math.sqrt(self.native_area / float(height * width)))
+        h = max(m, int(height * scale) // m * m)
+        w = max(m, int(width * scale) // m * m)
+        return (h, w)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update({
+            "source": "comfyui-native",
+            "model_class": _describe_model(self.model),
+            "dtype": str(self.model.model.get_dtype()).replace("torch.", ""),
+            "requested_dtype": str(self.requested_dtype).replace("torch.", ""),
+            "vae_dtype": str(self.vae.vae_dtype).replace("torch.", ""),
+            "clip_vision": self.clip_vision is not None,
+        })
+        return d
+
+    # ------------------------------------------------------------- protocol
+    def sample_noise(self, batch: int, generator: torch.Generator) -> NoiseDraw:
+        """A sigma per image from the model's own ``model_sampling`` and a seed for the latent noise.
+
+        The sigma is ``model_sampling.percent_to_sigma(u)`` with ``u ~ U(0.02, 0.98)`` (the sampler's own
+        schedule mapping, shift included); the noise tensor is drawn in ``_forward`` from the seed once the
+        latent shape is known.
+        """
+        u = 0.02 + 0.96 * torch.rand(batch, generator=generator)
+        ms = self.model.model.model_sampling
+        sig = torch.tensor([float(ms.percent_to_sigma(float(p))) for p in u], dtype=torch.float32)
+        seed = torch.randint(0, 2**62, (1,), generator=generator)
+        return NoiseDraw(timestep=sig, noise=torch.empty(0), extra={"noise_seed": seed})
+
+    def features(self, image: Tensor, draw: NoiseDraw, request: FeatureRequest) -> Features:
+        """:meth:`Surrogate.features` on the shadows, bound to the user's weights for this call only."""
+        with self.bound():
+            return super().features(image, draw, request)
+
+    def _noise(self, draw: NoiseDraw, shape: Sequence[int]) -> Tensor:
+        seed = int(draw.extra["noise_seed"].reshape(-1)[0]) if "noise_seed" in draw.extra else 0
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        return torch.randn(tuple(shape), generator=g).to(self.device)
+
+    def _encode_latent(self, video: Tensor) -> Tensor:
+        """``vae.first_stage_model.encode(vae.process_input(x))`` on the shadow (VAE.encode is not differentiable).
+
+        Args:
+            video: (B, 3, H, W) or (B, 3, T, H, W) in [0, 1].
+        """
+        x = self.vae.process_input(video).to(device=self.device, dtype=self.vae.vae_dtype)
+        return self._vae_shadow.root.encode(x).float()
+
+    def _transformer_options(self, sigma: Tensor) -> dict:
+        to = dict(self.model.model_options.get("transformer_options", {}))
+        to["cond_or_uncond"] = [0]
+        to["sigmas"] = sigma
+        return to
+
+    def _model_conds(self, cond: dict, noise: Tensor, batch: int) -> dict:
+        """``BaseModel.extra_conds`` + ``process_cond`` + concat, as comfy/samplers.py does for one cond."""
+        params = dict(cond)
+        params.update({"device": self.device, "noise": noise, "prompt_type": "positive", "seed": None,
+                       "denoise_mask": None, "latent_image": torch.zeros_like(noise)})
+        if noise.ndim >= 4:
+            params.setdefault("width", noise.shape[-1] * 8)
+            params.setdefault("height", noise.shape[-2] * 8)
+        conds = self.base_model.extra_conds(**params)
+        return {k: v.process_cond(batch_size=batch, area=None).concat([]) for k, v in conds.items()}
+
+    def _run(self, x: Tensor, sigma: Tensor, conds: dict) -> Tensor:
+        return self.base_model.apply_model(x, sigma, transformer_options=self._transformer_options(sigma), **conds)
+
+    def generate(self, image: Tensor, *, num_inference_steps: int = 4, seed: int = 0,
+                 size: tuple[int, int] | None = None) -> Tensor:
+        """A short video from ``image`` with ComfyUI's own conditioning, ``comfy.sample.sample`` and VAE decode.
+
+        Uses the user's models as ComfyUI would (KSampler ``euler``, cfg 1, the family's scheduler) under
+        ``torch.inference_mode``; the shadows are not involved.
+
+        Args:
+            image: (3, H, W) or (1, 3, H, W) in [0, 1].
+            num_inference_steps: sampler steps.
+            seed: noise seed (ComfyUI's ``prepare_noise``).
+            size: (height, width); :meth:`working_size` of the photo by default.
+
+        Returns:
+            (F, 3, H, W) frames in [0, 1] on CPU.
+        """
+        import comfy.sample
+
+        if image.ndim == 3:
+            image = image.unsqueeze(0)
+        if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+            raise SurrogateError(f"image must have shape (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
+        if int(num_inference_steps) < 1:
+            raise SurrogateError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        h, w = size or self.working_size(image.shape[-2], image.shape[-1])
+        with torch.inference_mode():
+            pixels = image.detach().float().cpu().movedim(1, -1)
+            positive, negative, latent, scheduler = self._sampling_inputs(pixels, h, w)
+            noise = comfy.sample.prepare_noise(latent, int(seed))
+            samples = comfy.sample.sample(self.model, noise, int(num_inference_steps), 1.0, "euler", scheduler,
+                                          positive, negative, latent, seed=int(seed), disable_pbar=True)
+            frames = self.vae.decode(samples)
+            frames = frames.reshape(-1, *frames.shape[-3:])
+        return frames.movedim(-1, 1).float().cpu().clone()
+
+    def _sampling_inputs(self, pixels: Tensor, h: int, w: int):  # pragma: no cover - per family
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------- Wan
+class NativeWan21Surrogate(NativeSurrogate):
+    """Native Wan 2.1 I2V (and Wan 2.2 14B I2V) surrogate: ``WanImageToVideo`` conditioning, ``blocks`` hooks."""
+
+    family = "wan21-native"
+    native_area = 480 * 832
+    size_multiple = 16
+    default_size = (480, 832)
+
+    def __init__(self, *, positive: Any = None, **kwargs) -> None:
+        super().__init__(positive=positive, **kwargs)
+        dm = self.model.model.diffusion_model
+        text_dim = int(getattr(dm, "text_dim", 4096))
+        if positive is None:
+            # one zero token: with identical tokens, cross-attention is the same for any token count
+            self.text_cond = torch.zeros(1, 1, text_dim)
+            self.text_extra: dict = {}
+            self.text_source = "zeros"
+        else:
+            if not isinstance(positive, (list, tuple)) or not positive or not isinstance(positive[0][0], Tensor):
+                raise ValueError("positive: expected a ComfyUI CONDITIONING (a list of [tensor, dict])")
+            emb = positive[0][0]
+            if emb.shape[-1] != text_dim:
+                raise ValueError(f"positive: the conditioning has width {emb.shape[-1]} but the Wan model expects "
+                                 f"{text_dim} (umT5-XXL); connect the CLIPTextEncode output of the Wan text encoder")
+            with torch.inference_mode(False):
+                self.text_cond = emb.detach().clone()
+            self.text_extra = {k: v for k, v in positive[0][1].items()
+                               if k not in ("concat_latent_image", "concat_mask", "clip_vision_output")}
+            self.text_source = "conditioning"
+        if len(positive or []) > 1:
+            log.warning("positive has %d entries; the surrogate uses the first", len(positive))
+
+    def denoiser_blocks(self) -> Sequence[tuple[str, nn.Module]]:
+        return [(f"blocks.{i}", b) for i, b in enumerate(self.denoiser().blocks)]
+
+    def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
+        enc = self._vae_shadow.root.encoder
+        out = [("encoder.conv1", enc.conv1)]
+        out += [(f"encoder.downsamples.{i}", m) for i, m in enumerate(enc.downsamples)]
+        out += [(f"encoder.middle.{i}", m) for i, m in enumerate(enc.middle)]
+        out.append((f"encoder.head.{len(enc.head) - 1}", enc.head[-1]))
+        return out
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["text"] = self.text_source
+        return d
+
+    def _video(self, pixels: Tensor, length: int) -> Tensor:
+        """WanImageToVideo's pixel video: the start image, then grey (0.5) frames; (B, T, H, W, 3)."""
+        b, h, w, _ = pixels.shape
+        grey = torch.full((b, length - 1, h, w, 3), 0.5, device=pixels.device, dtype=pixels.dtype)
+        return torch.cat([pixels[:, None, ..., :3], grey], dim=1)
+
+    def _forward(self, image: Tensor, draw: NoiseDraw, request: FeatureRequest, out: Features) -> None:
+        import comfy.utils
+
+        b, _, h, w = image.shape
+        length = int(self.num_frames)
+        x = image.to(self.device, torch.float32)
+        start = comfy.utils.common_upscale(x, w, h, "bilinear", "center").movedim(1, -1)  # (B, H, W, 3)
+        video = self._video(start, length).movedim(-1, 1)  # (B, 3, T, H, W)
+        lat = self._encode_latent(video)  # (B, 16, t, h/8, w/8), unscaled as VAE.encode returns
+        x0 = self.base_model.process_latent_in(lat)
+        out.latent = x0
+        if not request.needs_denoiser:
+            return
+        t_lat = lat.shape[2]
+        mask = torch.ones((1, 1, t_lat, lat.shape[-2], lat.shape[-1]), device=lat.device, dtype=lat.dtype)
+        mask[:, :, :1] = 0.0  # ((start frames - 1) // 4) + 1 = 1 latent frame is known
+        cond = dict(self.text_extra)
+        cond["cross_attn"] = self.text_cond.to(self.device)
+        cond["concat_latent_image"] = lat
+        cond["concat_mask"] = mask
+        if self.clip_vision is not None:
+            cond["clip_vision_output"] = _clip_vision_encode(self._cv_shadow.root, self.clip_vision,
+                                                              start.to(self.device))
+        noise = self._noise(draw, lat.shape)
+        sigma = draw.timestep.to(self.device, torch.float32)
+        ms = self.base_model.model_sampling
+        xt = ms.noise_scaling(sigma, noise, x0)
+        conds = self._model_conds(cond, noise, b)
+        out.output = self._run(xt, sigma, conds)
+        out.target = x0
+
+    def _sampling_inputs(self, pixels: Tensor, h: int, w: int):
+        import comfy.utils
+
+        length = int(self.num_frames)
+        start = comfy.utils.common_upscale(pixels[:length].movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)
+        video = torch.ones((length, h, w, start.shape[-1]), dtype=start.dtype) * 0.5
+        video[:start.shape[0]] = start
+        concat = self.vae.encode(video[:, :, :, :3])
+        latent = torch.zeros([1, 16, ((length - 1) // 4) + 1, h // 8, w // 8])
+        mask = torch.ones((1, 1, latent.shape[2], concat.shape[-2], concat.shape[-1]))
+        mask[:, :, :((start.shape[0] - 1) // 4) + 1] = 0.0
+        extra = {"concat_latent_image": concat, "concat_mask": mask}
+        if self.clip_vision is not None:
+            extra["clip_vision_output"] = self.clip_vision.encode_image(start)
+        positive = [[self.text_cond.clone(), {**self.text_extra, **extra}]]
+        negative = [[torch.zeros_like(self.text_cond), dict(extra)]]
+        return positive, negative, latent, "simple"
+
+
+# ---------------------------------------------------------------------------------------------- SVD
+class NativeSVDSurrogate(NativeSurrogate):
+    """Native SVD surrogate: ``SVD_img2vid_Conditioning`` conditioning, U-Net block hooks.
+
+    Args (besides :class:`NativeSurrogate`'s):
+        fps, motion_bucket_id, augmentation_level: the conditioning node's values (defaults 6, 127, 0).
+    """
+
+    family = "svd-native"
+    native_area = 576 * 1024
+    size_multiple = 64
+    default_size = (576, 1024)
+
+    def __init__(self, *, fps: int = 6, motion_bucket_id: int = 127, augmentation_level: float = 0.0,
+                 **kwargs) -> None:
+        kwargs.pop("positive", None)  # SVD has no text conditioning
+        super().__init__(**kwargs)
+        if self.clip_vision is None:
+            raise ValueError("clip_vision: SVD needs the CLIP_VISION output of ImageOnlyCheckpointLoader "
+                             "(the image embedding is its cross-attention context)")
+        self.fps = int(fps)
+        self.motion_bucket_id = int(motion_bucket_id)
+        self.augmentation_level = float(augmentation_level)
+        self._layout = self._block_layout()
+
+    def denoiser_blocks(self) -> Sequence[tuple[str, nn.Module]]:
+        # forward_timestep_embed() iterates a block's layers instead of calling the block: hook its last layer
+        dm = self.denoiser()
+        out = [(f"input_blocks.{i}", blk[-1]) for i, blk in enumerate(dm.input_blocks)]
+        out.append(("middle_block", dm.middle_block[-1]))
+        out += [(f"output_blocks.{i}", blk[-1]) for i, blk in enumerate(dm.output_blocks)]
+        return out
+
+    def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
+        enc = self._vae_shadow.root.encoder
+        out = [("encoder.conv_in", enc.conv_in)]
+        for i, level in enumerate(enc.down):
+            for j, blk in enumerate(level.block):
+                out.append((f"encoder.down.{i}.block.{j}", blk))
+                if len(level.attn) > 0:
+                    out.append((f"encoder.down.{i}.attn.{j}", level.attn[j]))
+            if i != len(enc.down) - 1:
+                out.append((f"encoder.down.{i}.downsample", level.downsample))
+        out += [("encoder.mid.block_1", enc.mid.block_1), ("encoder.mid.attn_1", enc.mid.attn_1),
+                ("encoder.mid.block_2", enc.mid.block_2), ("encoder.conv_out", enc.conv_out)]
+        return out
+
+    def _block_layout(self) -> list[tuple[int, int]]:
+        """(channels, resolution level) of each block's output, read from the U-Net's layers."""
+        dm = self.model.model.diffusion_model
+        level, out = 0, []
+        blocks = list(dm.input_blocks) + [dm.middle_block] + list(dm.output_blocks)
+        for blk in blocks:
+            ch = None
+            for layer in blk:
+                kind = type(layer).__name__
+                if kind == "Downsample":
+                    level += 1
+                elif kind == "Upsample":
+                    level -= 1
+                for attr in ("out_channels", "in_channels", "channels"):
+                    if isinstance(getattr(layer, attr, None), int):
+                        ch = getattr(layer, attr)
+                        break
+                if kind == "Conv2d" or isinstance(layer, nn.Conv2d):
+                    ch = layer.out_channels
+            out.append((ch, level))
+        return out
+
+    def block_shapes_match(self, i: int, j: int) -> bool:
+        return self._layout[i] == self._layout[j]
+
+    def _forward(self, image: Tensor, draw: NoiseDraw, request: FeatureRequest, out: Features) -> None:
+        import comfy.utils
+
+        b, _, h, w = image.shape
+        frames = int(self.num_frames)
+        x = image.to(self.device, torch.float32)
+        pixels = comfy.utils.common_upscale(x, w, h, "bilinear", "center")  # (B, 3, H, W)
+        noise_seed = int(draw.extra["noise_seed"].reshape(-1)[0]) if "noise_seed" in draw.extra else 0
+        if self.augmentation_level > 0:
+            g = torch.Generator(device="cpu").manual_seed(noise_seed + 1)
+            aug = torch.randn(pixels.shape, generator=g).to(pixels.device)
+            pixels = pixels + aug * self.augmentation_level
+        lat = self._encode_latent(pixels)  # (B, 4, h/8, w/8), unscaled as SVD concatenates it
+        out.latent = lat
+        if not request.needs_denoiser:
+            return
+        cv = _clip_vision_encode(self._cv_shadow.root, self.clip_vision, x.movedim(1, -1))
+        x0 = self.base_model.process_latent_in(lat)
+        noise = self._noise(draw, (b * frames,) + tuple(lat.shape[1:]))
+        sigma = draw.timestep.to(self.device, torch.float32).repeat_interleave(frames)
+        x0v = x0.repeat_interleave(frames, dim=0)  # the still video of the photo
+        xt = self.base_model.model_sampling.noise_scaling(sigma, noise, x0v)
+        per_image = []
+        for i in range(b):
+            cond = {"cross_attn": cv.image_embeds[i:i + 1].unsqueeze(0), "motion_bucket_id": self.motion_bucket_id,
+                    "fps": self.fps, "augmentation_level": self.augmentation_level,
+                    "concat_latent_image": lat[i:i + 1]}
+            per_image.append(self._model_conds(cond, noise[i * frames:(i + 1) * frames], frames))
+        conds = {}
+        for k in per_image[0]:
+            vals = [c[k] for c in per_image]
+            conds[k] = torch.cat(vals) if isinstance(vals[0], Tensor) else vals[0]
+        out.output = self._run(xt, sigma, conds)
+        out.target = x0v
+
+    def _sampling_inputs(self, pixels: Tensor, h: int, w: int):
+        import comfy.utils
+
+        output = self.clip_vision.encode_image(pixels)
+        pooled = output.image_embeds.unsqueeze(0)
+        enc = comfy.utils.common_upscale(pixels.movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)
+        t = self.vae.encode(enc[:, :, :, :3])
+        common = {"motion_bucket_id": self.motion_bucket_id, "fps": self.fps,
+                  "augmentation_level": self.augmentation_level}
+        positive = [[pooled, {**common, "concat_latent_image": t}]]
+        negative = [[torch.zeros_like(pooled), {**common, "concat_latent_image": torch.zeros_like(t)}]]
+        latent = torch.zeros([int(self.num_frames), 4, h // 8, w // 8])
+        return positive, negative, latent, "karras"
+
+
+# ---------------------------------------------------------------------------------------------- entry
+def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive: Any = None,
+                     family: str = "auto", frames: int = 9, dtype: str | torch.dtype = "bfloat16",
+                     size: tuple[int, int] | None = None) -> Surrogate:
+    """Build a surrogate from the user's ComfyUI models (the ``model`` input of AntiI2V_LoadSurrogateI2V).
+
+    Args:
+        model: ComfyUI ``MODEL`` (Wan 2.1/2.2-14B I2V from UNETLoader, or SVD from ImageOnlyCheckpointLoader).
+        vae: ComfyUI ``VAE`` of that model.
+        clip_vision: ComfyUI ``CLIP_VISION`` (SVD: required; Wan 2.1: optional, adds the image tokens).
+        positive: ComfyUI ``CONDITIONING`` with the text embedding (Wan); zeros when None.
+        family: ``"auto"`` (detect), ``"wan21"`` or ``"svd"``; other values (e.g. ``"cogvideox"``) only load
+            from a diffusers folder and raise ValueError here.
+        frames: pixel frames of the attacked video (Wan: WanImageToVideo ``length``; SVD: ``video_frames``).
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (validated; see :class:`NativeSurrogate`).
+        size: optional fixed (height, width) working size.
+
+    Returns:
+        A :class:`NativeWan21Surrogate` or :class:`NativeSVDSurrogate`.
+
+    Raises:
+        ValueError: the model is not a supported I2V model, the family does not match it, or an input is missing.
+    """
+    if model is None:
+        raise ValueError("model: connect a ComfyUI MODEL (Wan 2.1 I2V or SVD)")
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
+        dtype = _DTYPES[dtype]
+    if int(frames) != frames or frames < 1:
+        raise ValueError(f"frames must be an integer >= 1, got {frames}")
+    detected = detect_native_family(model)
+    if family not in ("auto",) + NATIVE_FAMILIES:
+        raise ValueError(f"family {family!r} cannot be built from a connected MODEL: native surrogates support "
+                         f"{', '.join(NATIVE_FAMILIES)} (choose 'auto'); disconnect the model to load {family!r} "
+                         f"from a diffusers folder")
+    if family != "auto" and family != detected:
+        raise ValueError(f"family is {family!r} but the connected model is {_describe_model(model)} ({detected}); "
+                         f"choose 'auto' or {detected!r}")
+    common = dict(model=model, vae=vae, clip_vision=clip_vision, num_frames=int(frames), dtype=dtype, size=size)
+    if detected == "wan21":
+        return NativeWan21Surrogate(positive=positive, **common)
+    return NativeSVDSurrogate(**common)

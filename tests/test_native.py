@@ -1,0 +1,254 @@
+"""Native surrogates from the user's ComfyUI models (nodes/native.py), in-process with the real ComfyUI.
+
+The tiny Wan 2.1 I2V and Wan VAE files are loaded with ``comfy.sd.load_diffusion_model`` and
+``comfy.sd.VAE(sd=comfy.utils.load_torch_file(...))`` - exactly what UNETLoader and VAELoader call - under
+``torch.inference_mode`` as ComfyUI runs prompts, so the weights are inference tensors. (ComfyUI's ``nodes.py``
+itself is not imported here: in this process the name ``nodes`` is this repository's package.) SVD is built
+in memory from ComfyUI's classes (tests/comfy_models.py explains why no tiny svd.safetensors is possible).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from anti_i2v.dsp import DSPConfig
+from anti_i2v.losses import IRALoss, IRCLoss, Objective
+from anti_i2v.protect import ProtectConfig, default_target, protect
+from anti_i2v.surrogates.base import FeatureRequest, SurrogateError
+from tests import comfy_models as cm
+
+pytestmark = pytest.mark.skipif(not (cm.COMFY_DIR / "comfy").is_dir(), reason="ComfyUI not unpacked (scripts/setup.sh)")
+
+SIZE = 64
+
+
+def _load_native():
+    """nodes/native.py loaded by path (it uses absolute imports only), independent of nodes/__init__.py."""
+    spec = importlib.util.spec_from_file_location("anti_i2v_nodes_native", cm.REPO_ROOT / "nodes" / "native.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def native():
+    cm.ensure_comfy_path()
+    return _load_native()
+
+
+@pytest.fixture(scope="module")
+def wan_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("comfy_models")
+    return {
+        "i2v": cm.write_tiny_wan21_i2v(root / "diffusion_models"),
+        "t2v": cm.write_tiny_wan_t2v(root / "diffusion_models"),
+        "vae": cm.write_tiny_wan_vae(root / "vae"),
+    }
+
+
+def _load_unet(path):
+    import comfy.sd
+
+    with torch.inference_mode():
+        return comfy.sd.load_diffusion_model(str(path))
+
+
+def _load_vae(path):
+    import comfy.sd
+    import comfy.utils
+
+    with torch.inference_mode():
+        return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
+
+
+@pytest.fixture(scope="module")
+def wan(native, wan_files):
+    return _load_unet(wan_files["i2v"]), _load_vae(wan_files["vae"])
+
+
+def _snapshot(modules):
+    """Everything the pack must leave untouched on the user's modules."""
+    snap = []
+    for root in modules:
+        for name, m in root.named_modules():
+            hooks = tuple(len(getattr(m, a)) for a in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"))
+            snap.append(("module", name, type(m).__name__, m.training, hooks))
+        for name, p in root.named_parameters():
+            snap.append(("param", name, p.requires_grad, p.is_inference(), p.dtype, p.device, p.data_ptr()))
+        for name, b in root.named_buffers():
+            snap.append(("buffer", name, b.is_inference(), b.data_ptr()))
+    return snap
+
+
+def _weights(modules):
+    with torch.inference_mode():
+        return [t.clone() for root in modules for t in list(root.parameters()) + list(root.buffers())]
+
+
+def _photo(seed=3):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, 8, 8, generator=g)
+    return torch.nn.functional.interpolate(base, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+
+
+def test_detects_wan_i2v_and_builds_surrogate(native, wan):
+    model, vae = wan
+    assert type(model.model).__name__ == "WAN21"
+    assert next(model.model.diffusion_model.parameters()).is_inference()  # as after ComfyUI's loaders
+    s = native.native_surrogate(model=model, vae=vae, frames=9)
+    assert native.detect_native_family(model) == "wan21"
+    assert s.num_blocks == 2 and s.block_names == ["blocks.0", "blocks.1"]
+    assert s.num_vae_layers == 16 and s.vae_layer_names[-1] == "encoder.head.2"
+    assert s.working_size(SIZE, SIZE) == (SIZE, SIZE)
+    assert s.working_size(1080, 1920) == (464, 832)  # scaled to the 480p area, multiples of 16
+    assert s.describe()["model_class"] == "WAN21 (36 input channels)"
+    with pytest.raises(SurrogateError, match="0-1"):
+        s.validate_request(FeatureRequest(blocks=frozenset({2})))
+
+
+def test_features_gradients_and_early_exit(native, wan):
+    model, vae = wan
+    s = native.native_surrogate(model=model, vae=vae, frames=5)
+    draw = s.sample_noise(1, torch.Generator().manual_seed(0))
+    x = _photo().requires_grad_(True)
+    req = FeatureRequest(blocks=frozenset({0, 1}), vae_layers=frozenset({0, 15}), need_output=True)
+    f = s.features(x, draw, req)
+    assert f.blocks[0].shape == f.blocks[1].shape == (1, 2 * 8 * 8 // 4 * 4 // 4, 128)  # 2 latent frames x 16 tokens
+    assert f.output.shape == f.target.shape == (1, 16, 2, 8, 8)
+    assert f.latent.shape == (1, 16, 2, 8, 8)
+    assert f.vae[0].shape[-2:] == (SIZE, SIZE)  # first chunk = the photo frame itself
+    loss = f.blocks[1].float().pow(2).mean() + f.vae[15].pow(2).mean() + f.output.pow(2).mean()
+    (g,) = torch.autograd.grad(loss, x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    # the same draw gives the same features (noise comes from the draw's seed)
+    f2 = s.features(x.detach(), draw, FeatureRequest(blocks=frozenset({1})))
+    torch.testing.assert_close(f2.blocks[1], f.blocks[1].detach())
+    # early exit: block 0 only, nothing after it runs, its gradient equals the full forward's
+    s.num_frames = 1  # mutable; one latent frame keeps the rest fast
+    calls = []
+    s.denoiser().blocks[1].register_forward_hook(lambda *a: calls.append(1))  # shadow only; rebuilt per call
+    x0 = x.detach().requires_grad_(True)
+    fe = s.features(x0, draw, FeatureRequest(blocks=frozenset({0})))
+    assert set(fe.blocks) == {0} and fe.output is None
+    assert calls == []
+    (ge,) = torch.autograd.grad(fe.blocks[0].pow(2).mean(), x0)
+    s.early_exit = False
+    x1 = x.detach().requires_grad_(True)
+    ff = s.features(x1, draw, FeatureRequest(blocks=frozenset({0})))
+    (gf,) = torch.autograd.grad(ff.blocks[0].pow(2).mean(), x1)
+    torch.testing.assert_close(ge, gf)
+
+
+def test_protect_improves_objective_and_leaves_model_unchanged(native, wan):
+    model, vae = wan
+    s = native.native_surrogate(model=model, vae=vae, frames=1)
+    user = [model.model, vae.first_stage_model]
+    before_snap, before_w = _snapshot(user), _weights(user)
+    video_before = s.generate(_photo(), num_inference_steps=2, seed=7)
+    assert video_before.shape == (1, 3, SIZE, SIZE)
+
+    photo = _photo()
+    objective = Objective((IRALoss(blocks=(1,), vae_layers=(14, 15)), IRCLoss(pairs=((0, 1),))))
+    res = protect(photo, s, objective, DSPConfig(eps=16, dct_block=8), ProtectConfig(steps=3, step_size=4, seed=0))
+    assert res.linf[0] <= 16.0 + 1e-3 and res.linf[0] > 0
+
+    def value(img):
+        draw = s.sample_noise(1, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            tgt = s.features(default_target(SIZE, SIZE), draw, objective.target_request())
+            adv = s.features(img, draw, objective.request())
+            return float(objective.evaluate(adv, tgt)[0])
+
+    assert value(res.protected) < value(photo)
+
+    # the user's MODEL and VAE: same weights (values and storage), flags, hooks; same sampled video
+    assert _snapshot(user) == before_snap
+    for a, b in zip(_weights(user), before_w):
+        assert torch.equal(a, b)
+    video_after = s.generate(_photo(), num_inference_steps=2, seed=7)
+    assert torch.equal(video_after, video_before)
+    assert not torch.equal(s.generate(res.protected, num_inference_steps=2, seed=7), video_before)
+
+
+def test_default_objective_runs(native, wan):
+    model, vae = wan
+    s = native.native_surrogate(model=model, vae=vae, frames=1)
+    s.num_frames = 1  # mutable: one latent frame
+    obj = s.default_objective()
+    draw = s.sample_noise(1, torch.Generator().manual_seed(1))
+    f = s.features(_photo(), draw, obj.request())
+    t = s.features(default_target(SIZE, SIZE), draw, obj.target_request())
+    total, terms = obj.evaluate(f, t)
+    assert torch.isfinite(total) and set(terms) == {"ira", "irc"}
+
+
+def test_wan_with_clip_vision_and_positive(native, wan):
+    model, vae = wan
+    cv = cm.tiny_clip_vision()
+    positive = [[torch.randn(1, 3, 4096), {"pooled_output": None}]]
+    s = native.native_surrogate(model=model, vae=vae, clip_vision=cv, positive=positive, frames=1)
+    draw = s.sample_noise(1, torch.Generator().manual_seed(0))
+    x = _photo().requires_grad_(True)
+    f = s.features(x, draw, FeatureRequest(blocks=frozenset({1})))
+    s0 = native.native_surrogate(model=model, vae=vae, frames=1)
+    f0 = s0.features(x.detach(), draw, FeatureRequest(blocks=frozenset({1})))
+    assert not torch.allclose(f.blocks[1], f0.blocks[1])  # CLIP tokens and text reach the blocks
+    (g,) = torch.autograd.grad(f.blocks[1].pow(2).mean(), x)
+    assert g.abs().sum() > 0
+    assert s.describe()["clip_vision"] is True and s.describe()["text"] == "conditioning"
+    with pytest.raises(ValueError, match="width 77"):
+        native.native_surrogate(model=model, vae=vae, positive=[[torch.zeros(1, 3, 77), {}]])
+
+
+def test_non_i2v_models_are_refused(native, wan, wan_files):
+    model, vae = wan
+    t2v = _load_unet(wan_files["t2v"])
+    with pytest.raises(ValueError, match=r"16 input channels.*text-to-video.*supported: Wan 2.1 I2V"):
+        native.native_surrogate(model=t2v, vae=vae)
+    with pytest.raises(ValueError, match="expected a ComfyUI MODEL"):
+        native.native_surrogate(model=object(), vae=vae)
+    with pytest.raises(ValueError, match="family is 'svd'.*wan21"):
+        native.native_surrogate(model=model, vae=vae, family="svd")
+    with pytest.raises(ValueError, match="cogvideox.*diffusers folder"):
+        native.native_surrogate(model=model, vae=vae, family="cogvideox")
+    with pytest.raises(ValueError, match="dtype"):
+        native.native_surrogate(model=model, vae=vae, dtype="int8")
+
+
+def test_sd15_like_model_is_refused(native):
+    import comfy.model_base
+
+    class Fake:  # a MODEL whose BaseModel is a plain SD1.5 BaseModel (constructing one is not needed)
+        model = comfy.model_base.BaseModel.__new__(comfy.model_base.BaseModel)
+
+    with pytest.raises(ValueError, match="BaseModel, not an image-to-video model"):
+        native.native_surrogate(model=Fake(), vae=None)
+
+
+def test_svd_native_surrogate(native):
+    model, vae, cv = cm.tiny_svd()
+    user = [model.model, vae.first_stage_model, cv.model]
+    before_snap, before_w = _snapshot(user), _weights(user)
+    s = native.native_surrogate(model=model, vae=vae, clip_vision=cv, frames=3)
+    assert native.detect_native_family(model) == "svd"
+    assert s.working_size(SIZE, SIZE) == (SIZE, SIZE)
+    n = s.num_blocks
+    assert s.block_names[0] == "input_blocks.0" and "middle_block" in s.block_names
+    assert s.block_shapes_match(0, n - 1) and not s.block_shapes_match(0, s.block_names.index("middle_block"))
+    draw = s.sample_noise(1, torch.Generator().manual_seed(0))
+    x = _photo().requires_grad_(True)
+    f = s.features(x, draw, FeatureRequest(blocks=frozenset({n - 1}), vae_layers=frozenset({0}), need_output=True))
+    assert f.output.shape == (3, 4, 8, 8) and f.latent.shape == (1, 4, 8, 8)
+    (g,) = torch.autograd.grad(f.blocks[n - 1].pow(2).mean() + f.output.pow(2).mean(), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    obj = s.default_objective()
+    res = protect(_photo(), s, obj, DSPConfig(eps=8, dct_block=8), ProtectConfig(steps=1, seed=0))
+    assert res.protected.shape == (1, 3, SIZE, SIZE)
+    assert _snapshot(user) == before_snap
+    for a, b in zip(_weights(user), before_w):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="clip_vision: SVD needs"):
+        native.native_surrogate(model=model, vae=vae)
