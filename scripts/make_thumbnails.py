@@ -1,0 +1,345 @@
+"""Build the workflow presets in ``workflows/`` and their thumbnails with the real ComfyUI frontend.
+
+Each preset is written here as an API-format graph (what ``/prompt`` runs) plus a layout. The script starts
+the real ComfyUI (``tests/comfy_harness.py``) with this pack, opens its frontend in headless Chromium
+(``tests/browser.py``) and, per preset:
+
+1. ``--workflows``: loads the API graph with ``app.loadApiJson`` (the frontend adds every widget, including
+   ``control_after_generate`` values), places the nodes, adds a Markdown note and groups, and saves
+   ``app.graph.serialize()`` as ``workflows/<name>.json`` (the UI format ComfyUI's template browser lists);
+2. loads ``workflows/<name>.json`` with ``app.loadGraphData``, fits it to the view and saves a screenshot of
+   the canvas as ``workflows/<name>.jpg`` (the template's thumbnail).
+
+The images are renders of our own graphs. Model files the presets name are stood in by empty placeholder
+files (only their names appear in the combo widgets; nothing is loaded).
+
+Usage:
+    .venv/bin/python scripts/make_thumbnails.py [--workflows] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / "workflows"
+
+WAN_UNET = "wan2.1_i2v_480p_14B_bf16.safetensors"
+WAN_VAE = "wan_2.1_vae.safetensors"
+WAN_TEXT = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+SVD_CKPT = "svd.safetensors"
+COGVIDEOX_FOLDER = "CogVideoX-5b-I2V"
+
+#: placeholder model files (relative to models/) so the combo widgets list the names the presets use
+PLACEHOLDERS = [
+    f"diffusion_models/{WAN_UNET}",
+    f"vae/{WAN_VAE}",
+    f"text_encoders/{WAN_TEXT}",
+    f"checkpoints/{SVD_CKPT}",
+    f"diffusers/{COGVIDEOX_FOLDER}/model_index.json",
+]
+
+
+def _n(class_type: str, title: str | None = None, **inputs) -> dict:
+    node = {"class_type": class_type, "inputs": inputs}
+    if title:
+        node["_meta"] = {"title": title}
+    return node
+
+
+def _dsp() -> dict:
+    return _n("AntiI2V_DSPPerturb", eps=16.0, dct_block=32, dct_channels="rgb", mix=0.5, restore_luminance=False)
+
+
+def _loop(image, surrogate, dsp, losses, *, steps=200) -> dict:
+    return _n("AntiI2V_ProtectLoop", image=image, surrogate=surrogate, perturbation=dsp, losses=losses,
+              steps=steps, step_size=1.0, schedule="constant", optimizer="sign", seed=0, frames=0)
+
+
+def _video_branch(prefix: str, ids: dict, *, model, cond, latent_of, vae, sampler: dict, fps: float) -> dict:
+    """KSampler -> VAEDecode -> SaveAnimatedWEBP for one branch (clean or protected)."""
+    k, d, s = ids["k"], ids["d"], ids["s"]
+    return {
+        k: _n("KSampler", model=model, seed=42, positive=[cond, 0], negative=[cond, 1],
+              latent_image=[latent_of, 2], denoise=1.0, **sampler),
+        d: _n("VAEDecode", samples=[k, 0], vae=vae),
+        s: _n("SaveAnimatedWEBP", f"Save {prefix} video", images=[d, 0], filename_prefix=f"anti_i2v/{prefix}",
+              fps=fps, lossless=False, quality=90, method="default"),
+    }
+
+
+def preset_cogvideox() -> tuple[dict, dict, str]:
+    g = {
+        "1": _n("LoadImage", "Photo to protect", image="example.png"),
+        "2": _n("AntiI2V_LoadSurrogateI2V", family="cogvideox", folder=COGVIDEOX_FOLDER, dtype="bfloat16",
+                frames=9, gradient_checkpointing=False),
+        "3": _dsp(),
+        "4": _n("AntiI2V_IRALoss", blocks="27", vae_layers="3,4", weight=1.0),
+        "5": _n("AntiI2V_IRCLoss", pairs="3:27", weight=1.0, losses=["4", 0]),
+        "6": _loop(["1", 0], ["2", 0], ["3", 0], ["5", 0]),
+        "7": _n("SaveImage", "Save protected photo", images=["6", 0], filename_prefix="anti_i2v/protected"),
+        "8": _n("PreviewImage", "Perturbation (amplified)", images=["6", 1]),
+        "9": _n("PreviewAny", "Report", source=["6", 2]),
+        "10": _n("AntiI2V_PreviewAttackVideo", surrogate=["2", 0], clean_image=["1", 0], protected_image=["6", 0],
+                 steps=4, seed=0, frames=0),
+        "11": _n("PreviewAny", "Attack metrics", source=["10", 2]),
+    }
+    layout = {"1": (20, 80), "2": (20, 440), "3": (400, 80), "4": (400, 380), "5": (400, 620),
+              "6": (780, 80), "7": (1200, 80), "8": (1200, 420), "9": (1560, 80),
+              "10": (780, 620), "11": (1200, 760)}
+    note = (
+        "## Protect a photo against CogVideoX-5B-I2V (Anti-I2V)\n\n"
+        "1. Put the diffusers folder **CogVideoX-5b-I2V** (THUDM/CogVideoX-5b-I2V) in `models/diffusers`.\n"
+        "2. Load your photo. **Protect Image** optimises an invisible Dual-Space Perturbation "
+        "(`eps` = 16/255) with the paper's losses: IRA on block 27 + the last VAE-encoder layers, IRC 3 -> 27.\n"
+        "3. **Preview Attack Video** generates a short video from the clean and the protected photo.\n\n"
+        "The loss chart on Protect Image updates live. Open each node's help (?) for tips on layers and eps."
+    )
+    return g, layout, note
+
+
+def preset_wan21() -> tuple[dict, dict, str]:
+    sampler = {"steps": 20, "cfg": 6.0, "sampler_name": "uni_pc", "scheduler": "simple"}
+    g = {
+        "1": _n("LoadImage", "Photo to protect", image="example.png"),
+        "2": _n("UNETLoader", unet_name=WAN_UNET, weight_dtype="default"),
+        "3": _n("ModelSamplingSD3", model=["2", 0], shift=8.0),
+        "4": _n("VAELoader", vae_name=WAN_VAE),
+        "5": _n("CLIPLoader", clip_name=WAN_TEXT, type="wan", device="default"),
+        "6": _n("CLIPTextEncode", "Positive prompt", clip=["5", 0],
+                text="a person looks at the camera and talks, natural head and hand motion"),
+        "7": _n("CLIPTextEncode", "Negative prompt", clip=["5", 0],
+                text="blurry, static, low quality, deformed, watermark, subtitles"),
+        "8": _n("AntiI2V_LoadSurrogateI2V", family="wan21", folder="(none)", dtype="bfloat16", frames=9,
+                gradient_checkpointing=False, model=["3", 0], vae=["4", 0], positive=["6", 0]),
+        "9": _dsp(),
+        "10": _n("AntiI2V_IRALoss", blocks="26", vae_layers="14,15", weight=1.0),
+        "11": _n("AntiI2V_IRCLoss", pairs="3:26", weight=1.0, losses=["10", 0]),
+        "12": _loop(["1", 0], ["8", 0], ["9", 0], ["11", 0]),
+        "13": _n("SaveImage", "Save protected photo", images=["12", 0], filename_prefix="anti_i2v/protected"),
+        # protected photo -> Wan 2.1 I2V
+        "14": _n("WanImageToVideo", "Wan I2V (protected)", positive=["6", 0], negative=["7", 0], vae=["4", 0],
+                 width=832, height=480, length=33, batch_size=1, start_image=["12", 0]),
+        **_video_branch("wan_protected", {"k": "15", "d": "16", "s": "17"}, model=["3", 0], cond="14",
+                        latent_of="14", vae=["4", 0], sampler=sampler, fps=16.0),
+        # clean photo -> Wan 2.1 I2V (the comparison)
+        "18": _n("WanImageToVideo", "Wan I2V (clean)", positive=["6", 0], negative=["7", 0], vae=["4", 0],
+                 width=832, height=480, length=33, batch_size=1, start_image=["1", 0]),
+        **_video_branch("wan_clean", {"k": "19", "d": "20", "s": "21"}, model=["3", 0], cond="18",
+                        latent_of="18", vae=["4", 0], sampler=sampler, fps=16.0),
+    }
+    layout = {"2": (20, 80), "3": (20, 220), "4": (20, 340), "5": (20, 460), "6": (400, 460), "7": (400, 720),
+              "1": (20, 640), "8": (400, 80), "9": (820, 80), "10": (820, 380), "11": (820, 620),
+              "12": (1200, 80), "13": (1620, 80), "14": (1620, 420), "15": (1960, 420), "16": (2320, 420),
+              "17": (2560, 420), "18": (1620, 1000), "19": (1960, 1000), "20": (2320, 1000), "21": (2560, 1000)}
+    note = (
+        "## Protect a photo against your Wan 2.1 I2V model (Anti-I2V)\n\n"
+        "The surrogate is **your own** Wan 2.1 I2V model (UNETLoader / VAELoader, text prompt), so the protection "
+        "is optimised against exactly the model you sample with. Blocks 3 / 26 of the 40 of Wan 2.1 14B match the "
+        "paper's 3 / 27 of 42 (CogVideoX).\n\n"
+        "The bottom row generates the video from the **clean** photo, the row above from the **protected** "
+        "photo: compare them. Optional: add **CLIPVisionLoader** (clip_vision_h) + **CLIPVisionEncode** for "
+        "WanImageToVideo and connect the CLIP vision model to the surrogate too."
+    )
+    return g, layout, note
+
+
+def preset_svd() -> tuple[dict, dict, str]:
+    sampler = {"steps": 20, "cfg": 2.5, "sampler_name": "euler", "scheduler": "karras"}
+    g = {
+        "1": _n("LoadImage", "Photo to protect", image="example.png"),
+        "2": _n("ImageOnlyCheckpointLoader", ckpt_name=SVD_CKPT),
+        "3": _n("VideoLinearCFGGuidance", model=["2", 0], min_cfg=1.0),
+        "4": _n("AntiI2V_LoadSurrogateI2V", family="svd", folder="(none)", dtype="bfloat16", frames=9,
+                gradient_checkpointing=False, model=["2", 0], vae=["2", 2], clip_vision=["2", 1]),
+        "5": _dsp(),
+        "6": _n("AntiI2V_IRALoss", blocks="12", vae_layers="14,15", weight=1.0),
+        "7": _n("AntiI2V_IRCLoss", pairs="1:24", weight=1.0, losses=["6", 0]),
+        "8": _loop(["1", 0], ["4", 0], ["5", 0], ["7", 0]),
+        "9": _n("SaveImage", "Save protected photo", images=["8", 0], filename_prefix="anti_i2v/protected"),
+        "10": _n("SVD_img2vid_Conditioning", "SVD conditioning (protected)", clip_vision=["2", 1],
+                 init_image=["8", 0], vae=["2", 2], width=1024, height=576, video_frames=14,
+                 motion_bucket_id=127, fps=6, augmentation_level=0.0),
+        **_video_branch("svd_protected", {"k": "11", "d": "12", "s": "13"}, model=["3", 0], cond="10",
+                        latent_of="10", vae=["2", 2], sampler=sampler, fps=6.0),
+        "14": _n("SVD_img2vid_Conditioning", "SVD conditioning (clean)", clip_vision=["2", 1],
+                 init_image=["1", 0], vae=["2", 2], width=1024, height=576, video_frames=14,
+                 motion_bucket_id=127, fps=6, augmentation_level=0.0),
+        **_video_branch("svd_clean", {"k": "15", "d": "16", "s": "17"}, model=["3", 0], cond="14",
+                        latent_of="14", vae=["2", 2], sampler=sampler, fps=6.0),
+    }
+    layout = {"2": (20, 80), "3": (20, 260), "1": (20, 400), "4": (400, 80), "5": (820, 80), "6": (820, 380),
+              "7": (820, 620), "8": (1200, 80), "9": (1620, 80), "10": (1620, 420), "11": (1960, 420),
+              "12": (2320, 420), "13": (2560, 420), "14": (1620, 1000), "15": (1960, 1000), "16": (2320, 1000),
+              "17": (2560, 1000)}
+    note = (
+        "## Protect a photo against Stable Video Diffusion (Anti-I2V)\n\n"
+        "The surrogate is your SVD checkpoint (`svd.safetensors` in `models/checkpoints`): its U-Net, VAE and "
+        "CLIP vision encoder. SVD's U-Net has 25 blocks (input 0-11, middle 12, output 13-24): IRA reads the "
+        "middle block, IRC pulls the last full-resolution output block (24) onto the first input block (1) - "
+        "IRC pairs must have the same feature shape.\n\n"
+        "Bottom row: video from the **clean** photo; row above: from the **protected** photo."
+    )
+    return g, layout, note
+
+
+def preset_batch() -> tuple[dict, dict, str]:
+    g = {
+        "1": _n("LoadImage", "Photo 1", image="example.png"),
+        "2": _n("LoadImage", "Photo 2", image="example.png"),
+        "3": _n("LoadImage", "Photo 3", image="example.png"),
+        "4": _n("ImageBatch", image1=["1", 0], image2=["2", 0]),
+        "5": _n("ImageBatch", image1=["4", 0], image2=["3", 0]),
+        "6": _n("AntiI2V_LoadSurrogateI2V", family="cogvideox", folder=COGVIDEOX_FOLDER, dtype="bfloat16",
+                frames=9, gradient_checkpointing=False),
+        "7": _dsp(),
+        "8": _n("AntiI2V_IRALoss", blocks="27", vae_layers="3,4", weight=1.0),
+        "9": _n("AntiI2V_IRCLoss", pairs="3:27", weight=1.0, losses=["8", 0]),
+        "10": _loop(["5", 0], ["6", 0], ["7", 0], ["9", 0]),
+        "11": _n("SaveImage", "Save protected photos", images=["10", 0], filename_prefix="anti_i2v/batch"),
+        "12": _n("PreviewAny", "Report", source=["10", 2]),
+    }
+    layout = {"1": (20, 80), "2": (20, 440), "3": (20, 800), "4": (380, 300), "5": (380, 560),
+              "6": (700, 80), "7": (700, 420), "8": (700, 720), "9": (700, 960), "10": (1100, 80),
+              "11": (1520, 80), "12": (1520, 460)}
+    note = (
+        "## Protect several photos at once (Anti-I2V)\n\n"
+        "Every photo of the batch gets its own perturbation (the loop optimises them together). **ImageBatch** "
+        "resizes the second image to the first one's size: for photos of different sizes run them one by one. "
+        "Add more LoadImage + ImageBatch pairs for more photos."
+    )
+    return g, layout, note
+
+
+PRESETS = {
+    "protect_cogvideox_preview": preset_cogvideox,
+    "protect_wan21_native": preset_wan21,
+    "protect_svd_native": preset_svd,
+    "protect_batch": preset_batch,
+}
+
+#: groups per preset: (title, node ids, colour)
+GROUPS = {
+    "protect_wan21_native": [("Protected photo -> Wan 2.1 video", ["14", "15", "16", "17"], "#3f5159"),
+                             ("Clean photo -> Wan 2.1 video (comparison)", ["18", "19", "20", "21"], "#593930")],
+    "protect_svd_native": [("Protected photo -> SVD video", ["10", "11", "12", "13"], "#3f5159"),
+                           ("Clean photo -> SVD video (comparison)", ["14", "15", "16", "17"], "#593930")],
+}
+
+_BUILD_JS = r"""
+const [api, layout, note, groups, done] = arguments;
+(async () => {
+  await app.loadApiJson(api, "preset");
+  for (const [id, [x, y]] of Object.entries(layout)) {
+    const node = app.graph.getNodeById(Number(id));
+    if (node) node.pos = [x, y];
+  }
+  for (const node of app.graph.nodes) {
+    for (const w of node.widgets ?? []) {
+      if (w.name === "control_after_generate") w.value = "fixed";
+    }
+  }
+  const md = LiteGraph.createNode("MarkdownNote");
+  md.pos = [20, -420];
+  md.size = [760, 360];
+  app.graph.add(md);
+  md.widgets[0].value = note;
+  for (const [title, ids, color] of groups) {
+    const nodes = ids.map((i) => app.graph.getNodeById(Number(i))).filter(Boolean);
+    const x0 = Math.min(...nodes.map((n) => n.pos[0])) - 20;
+    const y0 = Math.min(...nodes.map((n) => n.pos[1])) - 80;
+    const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])) + 20;
+    const y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1])) + 20;
+    const g = new LGraphGroup(title);
+    g.color = color;
+    g.pos = [x0, y0];
+    g.size = [x1 - x0, y1 - y0];
+    app.graph.add(g);
+  }
+  app.graph.setDirtyCanvas(true, true);
+  done(JSON.stringify(app.graph.serialize()));
+})().catch((e) => done("ERROR " + e));
+"""
+
+_SHOW_JS = r"""
+const [wf, done] = arguments;
+(async () => {
+  await app.loadGraphData(wf, true, true, "preview");
+  if (!app.extensionManager.focusMode) app.extensionManager.toggleFocusMode();
+  const c = app.canvas;
+  const nodes = app.graph.nodes;
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (const n of nodes) {
+    x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 30);
+    x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+  }
+  const r = app.canvasEl.getBoundingClientRect();
+  const scale = Math.min(r.width / (x1 - x0 + 60), r.height / (y1 - y0 + 60), 1.0);
+  c.ds.scale = scale;
+  c.ds.offset = [-x0 + 30 / scale, -y0 + 30 / scale];
+  c.setDirty(true, true);
+  requestAnimationFrame(() => requestAnimationFrame(() => done([r.left, r.top, r.width, r.height])));
+})().catch((e) => done("ERROR " + e));
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workflows", action="store_true", help="rebuild workflows/*.json from the API graphs")
+    ap.add_argument("--only", nargs="*", default=None, help="preset names (default: all)")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from PIL import Image
+
+    from tests.browser import Chromium
+    from tests.comfy_harness import ComfyServer
+
+    names = args.only or list(PRESETS)
+    srv = ComfyServer()
+    for rel in PLACEHOLDERS:
+        p = srv.models_dir / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"{}" if p.suffix == ".json" else b"")
+    srv.start()
+    try:
+        srv.post("/settings", json={"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                                        "LiteGraph.Canvas.MinFontSizeForLOD": 0})
+        with Chromium(width=1600, height=1000) as browser:
+            browser.get(srv.url)
+            browser.wait_for("return !!(window.app && app.graph && app.extensions.length > 5)", timeout=90)
+            time.sleep(1.0)
+            for name in names:
+                wf_path = WORKFLOWS / f"{name}.json"
+                if args.workflows:
+                    api, layout, note = PRESETS[name]()
+                    out = browser.execute_async(_BUILD_JS, api, layout, note, GROUPS.get(name, []))
+                    if out.startswith("ERROR"):
+                        raise RuntimeError(f"{name}: {out}")
+                    wf = json.loads(out)
+                    wf_path.parent.mkdir(parents=True, exist_ok=True)
+                    wf_path.write_text(json.dumps(wf, indent=2) + "\n")
+                    print(f"wrote {wf_path.relative_to(ROOT)} ({len(wf['nodes'])} nodes)")
+                wf = json.loads(wf_path.read_text())
+                rect = browser.execute_async(_SHOW_JS, wf)
+                if isinstance(rect, str):
+                    raise RuntimeError(f"{name}: {rect}")
+                time.sleep(0.5)
+                png = Image.open(io.BytesIO(browser.screenshot())).convert("RGB")
+                dpr = png.width / browser.execute("return window.innerWidth")
+                left, top, w, h = (int(round(v * dpr)) for v in rect)
+                img = png.crop((left, top, left + w, top + h))
+                img.thumbnail((800, 500))
+                img.save(WORKFLOWS / f"{name}.jpg", quality=85)
+                print(f"wrote workflows/{name}.jpg {img.size}")
+    finally:
+        srv.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
