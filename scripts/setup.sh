@@ -59,13 +59,17 @@ with zipfile.ZipFile(whl) as z:
 tmp.rename(dest)
 PY
 fi
+# ComfyUI's requirements minus torch/torchvision/torchaudio (installed above) and spandrel (it would pull a
+# CUDA torch); plus requests, which its startup needs but its list lacks. torchsde stays.
+grep -vE '^\s*(#|$)|^\s*(torch|torchvision|torchaudio|spandrel)\s*([<>=!~;[].*)?$' "$COMFY/requirements.txt" \
+  > "$CACHE/comfyui-requirements.txt"
+echo "requests" >> "$CACHE/comfyui-requirements.txt"
 cstamp=$VENV/.comfyui_stamp
-if [ ! -f "$cstamp" ]; then
+cwant=$(sha256sum "$CACHE/comfyui-requirements.txt" | cut -c1-16)
+if [ "$(cat "$cstamp" 2>/dev/null)" != "$cwant" ]; then
   log "installing ComfyUI's requirements (without torch, torchaudio, spandrel)"
-  grep -vE '^\s*(#|$|torch|torchvision|torchaudio|spandrel)' "$COMFY/requirements.txt" > "$CACHE/comfyui-requirements.txt"
-  echo "requests" >> "$CACHE/comfyui-requirements.txt"
   $PIP install -q -c "$CACHE/torch-constraints.txt" -r "$CACHE/comfyui-requirements.txt"
-  touch "$cstamp"
+  echo "$cwant" > "$cstamp"
 fi
 
 if [ "$want_browser" = 1 ] && ! command -v chromedriver >/dev/null 2>&1; then

@@ -102,10 +102,9 @@ class TestCLI:
         assert not (tmp_path / "out" / "c.protected.png").exists()
 
     def test_model_folder(self, photos, tmp_path):
-        from anti_i2v.surrogates import surrogate_class
+        from anti_i2v.surrogates import save_tiny
 
-        folder = tmp_path / "svd-tiny"
-        surrogate_class("svd").save_tiny(folder, seed=0)
+        folder = save_tiny("svd", tmp_path / "svd-tiny")
         out = tmp_path / "out"
         assert _run(photos / "a.png", "--out", out, "--surrogate", "svd", "--model", folder, *FAST) == 0
         rep = json.loads((out / "a.report.json").read_text())

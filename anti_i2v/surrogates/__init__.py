@@ -12,6 +12,7 @@ Each family module (``cogvideox``, ``wan21``, ``svd``) defines a :class:`~.base.
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 import torch
@@ -28,7 +29,12 @@ __all__ = [
     "surrogate_class",
     "load_surrogate",
     "tiny_surrogate",
+    "save_tiny",
+    "SETTINGS_FILE",
 ]
+
+#: optional per-folder settings the loader honours, e.g. ``{"working_size": [h, w]}``.
+SETTINGS_FILE = "anti_i2v.json"
 
 #: family name -> (module, class name)
 FAMILIES: dict[str, tuple[str, str]] = {
@@ -61,6 +67,14 @@ def load_surrogate(
     if not folder.is_dir():
         raise SurrogateError(f"model folder {str(folder)!r} does not exist or is not a folder")
     cls = surrogate_class(family)
+    settings = folder / SETTINGS_FILE
+    if "working_size" not in kwargs and settings.is_file():
+        try:
+            ws = json.loads(settings.read_text()).get("working_size")
+        except (OSError, ValueError) as exc:
+            raise SurrogateError(f"{settings}: cannot read it as JSON ({exc})") from None
+        if ws is not None:
+            kwargs["working_size"] = (int(ws[0]), int(ws[1]))
     if num_frames is not None:
         kwargs["num_frames"] = num_frames
     s = cls.from_pretrained(folder, dtype=dtype, gradient_checkpointing=gradient_checkpointing, **kwargs)
@@ -70,3 +84,14 @@ def load_surrogate(
 def tiny_surrogate(family: str, *, seed: int = 0, **kwargs) -> Surrogate:
     """A tiny random-weight surrogate of ``family`` built from the real diffusers classes."""
     return surrogate_class(family).tiny(seed=seed, **kwargs)
+
+
+def save_tiny(family: str, folder: str | Path, *, seed: int = 0) -> Path:
+    """Write a tiny random-weight model of ``family`` as a diffusers-format folder that :func:`load_surrogate`
+    reads back with the tiny working size (recorded in ``anti_i2v.json``)."""
+    folder = Path(folder)
+    cls = surrogate_class(family)
+    cls.save_tiny(folder, seed=seed)
+    h, w = cls.tiny(seed=seed).working_size(64, 64)
+    (folder / SETTINGS_FILE).write_text(json.dumps({"working_size": [h, w]}) + "\n")
+    return folder
