@@ -40,7 +40,6 @@ _NOT_I2V_HINTS = ("CogVideoXPipeline", "CogVideoXVideoToVideoPipeline", "WanPipe
                   "StableDiffusion", "Flux", "LTX", "Hunyuan", "Mochi", "AnimateDiff", "PixArt", "Sana")
 _SUPPORTED = "CogVideoX-5B-I2V, Wan 2.1 I2V or Stable Video Diffusion (img2vid)"
 #: optional settings file in a model folder: {"working_size": [height, width]} (e.g. fine-tunes, test models)
-SETTINGS_FILE = "anti_i2v.json"
 
 
 def diffusers_folders() -> list[str]:
@@ -76,26 +75,6 @@ def _transformer_config(folder: Path) -> dict:
         return json.loads((folder / "transformer" / "config.json").read_text())
     except (OSError, ValueError):
         return {}
-
-
-def folder_settings(folder: Path) -> dict:
-    """Keyword arguments for the adapter from ``<folder>/anti_i2v.json`` (only ``working_size`` is read).
-
-    The adapters optimise at the family's native size (CogVideoX 480x720, Wan 480x832, SVD 576x1024); a model
-    trained at another size says so in this file.
-    """
-    path = folder / SETTINGS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-        size = data.get("working_size")
-        if size is None:
-            return {}
-        h, w = (int(v) for v in size)
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{NODE_ID}: {str(path)!r} must be JSON like {{\"working_size\": [480, 832]}} ({exc})") from exc
-    return {"working_size": (h, w)}
 
 
 def detect_family(folder: Path) -> str:
@@ -200,7 +179,7 @@ class LoadSurrogateI2V(io.ComfyNode):
                 raise ValueError(f"family must be one of auto, {', '.join(FAMILIES)}, got {family!r}")
             # loaded outside inference mode: inference-mode weights cannot be saved for backward
             surrogate = load_surrogate(fam, path, num_frames=int(frames), dtype=DTYPES[dtype],
-                                       gradient_checkpointing=bool(gradient_checkpointing), **folder_settings(path))
+                                       gradient_checkpointing=bool(gradient_checkpointing))
             runtime.LOG.info("%s: loaded %s surrogate from %s (%d blocks, %d VAE layers)", NODE_ID, fam, path,
                              surrogate.num_blocks, surrogate.num_vae_layers)
         return io.NodeOutput(runtime.manage_surrogate(surrogate))

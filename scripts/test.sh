@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --browser
 export ANTI_I2V_COMFYUI="$PWD/.cache/comfyui"
+export ANTI_I2V_REQUIRE_ALL=1
 exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout=900 -rfEs "$@"
