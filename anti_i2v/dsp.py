@@ -39,6 +39,7 @@ __all__ = [
     "project_linf",
     "restore_luminance",
     "check_image",
+    "quantize_8bit",
 ]
 
 #: a*/b* units per parameter unit: 16/255 in RGB is a median of ~6.5 a* and ~8.2 b* units, i.e. ~100x.
@@ -224,6 +225,19 @@ def restore_luminance(adv: Tensor, image: Tensor, config: DSPConfig) -> Tensor:
             lab = torch.cat([l0, lab[:, 1:]], dim=1)
             x = project_linf(kornia.color.lab_to_rgb(lab, clip=False), image, config.eps01)
         return x
+
+
+def quantize_8bit(adv: Tensor, image: Tensor, eps01: float) -> Tensor:
+    """Snap ``adv`` to the 8-bit grid (k/255) without leaving the L-inf ball around ``image`` or [0, 1].
+
+    What is saved as an 8-bit PNG is then exactly what was measured (ComfyUI's SaveImage truncates, which would
+    otherwise add up to 1/255 to the change). For 8-bit originals and an integer ``eps`` the budget holds exactly.
+    """
+    with torch.no_grad():
+        q = torch.round(adv * 255.0)
+        lo = torch.ceil((image - eps01) * 255.0 - 1e-4).clamp(min=0.0)
+        hi = torch.floor((image + eps01) * 255.0 + 1e-4).clamp(max=255.0)
+        return (torch.maximum(torch.minimum(q, hi), lo) / 255.0).to(adv.dtype)
 
 
 class DualSpacePerturbation(nn.Module):

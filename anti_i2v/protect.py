@@ -58,6 +58,8 @@ class ProtectConfig:
         schedule: step-size schedule: ``constant``, ``linear`` (to 10%) or ``cosine`` (to 10%).
         optimizer: ``sign`` (signed gradient, L-inf PGD) or ``adam``.
         seed: makes the result bit-identical on the same machine.
+        quantize: snap the result to the 8-bit grid within the budget, so a saved PNG is exactly what was
+            measured (turn off to keep float outputs).
     """
 
     steps: int = 200
@@ -65,6 +67,7 @@ class ProtectConfig:
     schedule: str = "constant"
     optimizer: str = "sign"
     seed: int = 0
+    quantize: bool = True
 
     def __post_init__(self) -> None:
         if int(self.steps) != self.steps or self.steps < 0:
@@ -176,24 +179,19 @@ def default_target(height: int, width: int, *, device=None) -> Tensor:
 def frozen_models(modules: Sequence[nn.Module]) -> Iterator[None]:
     """Freeze ``modules`` for the loop and restore them exactly afterwards, also on error.
 
-    Saves and restores every parameter's ``requires_grad``, every module's ``training`` flag, and removes any
-    hook added on the modules during the block. Weights are never written.
+    Saves and restores every parameter's ``requires_grad`` and every module's ``training`` flag. Weights are never
+    written. Hooks are the surrogate's business: :meth:`Surrogate.features` removes its own in a ``finally``
+    (hooks a library installs lazily for itself, like transformers' output capturing, are left alone).
     """
     params: list[tuple[nn.Parameter, bool]] = []
     seen: set[int] = set()
     training: list[tuple[nn.Module, bool]] = []
-    hooks: list[tuple[nn.Module, str, set]] = []
-    hook_attrs = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     for root in modules:
         for m in root.modules():
             if id(m) in seen:
                 continue
             seen.add(id(m))
             training.append((m, m.training))
-            for attr in hook_attrs:
-                d = getattr(m, attr, None)
-                if d is not None:
-                    hooks.append((m, attr, set(d.keys())))
             for p in m.parameters(recurse=False):
                 if not p.is_inference():  # inference tensors (ComfyUI weights) take no grad flag changes
                     params.append((p, p.requires_grad))
@@ -210,11 +208,7 @@ def frozen_models(modules: Sequence[nn.Module]) -> Iterator[None]:
                 p.requires_grad_(flag)
         for m, flag in training:
             m.training = flag
-        for m, attr, keys in hooks:
-            d = getattr(m, attr)
-            for k in list(d.keys()):
-                if k not in keys:
-                    del d[k]
+
 
 
 def _as_objective(losses: Objective | LossTerm | Sequence[LossTerm]) -> Objective:
@@ -348,6 +342,8 @@ def protect(
                 protected = dsp_mod.apply_dsp(x, DSPParams(*(p.detach() for p in tensors)), perturbation)
                 if perturbation.restore_luminance:
                     protected = dsp_mod.restore_luminance(protected, x, perturbation)
+                if config.quantize and len(history):
+                    protected = dsp_mod.quantize_8bit(protected, x, perturbation.eps01)
     except BaseException:
         params = tensors = adam = None  # noqa: F841 - drop references before freeing
         _free_memory(device)

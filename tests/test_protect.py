@@ -136,3 +136,14 @@ class TestProtect:
         assert torch.equal(default_target(16, 20), default_target(16, 20))
         t = default_target(16, 20)
         assert t.shape == (1, 3, 16, 20) and 0 <= float(t.min()) and float(t.max()) <= 1
+
+    def test_output_on_8bit_grid_within_budget(self, toy):
+        x = torch.randint(0, 256, (1, 3, 24, 32)).float() / 255  # an 8-bit photo, as LoadImage gives
+        r = protect(x, toy, OBJ, DSPConfig(eps=8, dct_block=8), ProtectConfig(steps=3, step_size=4))
+        q = r.protected * 255
+        assert torch.equal(q, q.round())
+        saved = (r.protected.numpy() * 255.0).astype("uint8")  # ComfyUI's SaveImage truncates
+        diff = abs(saved.astype(int) - (x.numpy() * 255).round().astype(int)).max()
+        assert diff <= 8
+        f = protect(x, toy, OBJ, DSPConfig(eps=8, dct_block=8), ProtectConfig(steps=3, step_size=4, quantize=False))
+        assert not torch.equal(f.protected * 255, (f.protected * 255).round())
