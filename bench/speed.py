@@ -105,7 +105,15 @@ def child(kind: str, arg: str, iters: int) -> dict:
         overrides = dict(COGVIDEOX_5B_I2V)
         layers = int(os.environ.get("ANTI_I2V_BENCH_LAYERS", "42"))  # smaller only for a CPU dry run
         overrides["num_layers"] = layers
-        s = CogVideoXSurrogate.tiny(seed=0, num_frames=(latent_frames - 1) * 4 + 1, full_vae=True, **overrides)
+        import inspect
+
+        from diffusers import AutoencoderKLCogVideoX
+
+        from anti_i2v.surrogates.cogvideox import TINY_VAE
+
+        sig = inspect.signature(AutoencoderKLCogVideoX.__init__).parameters
+        real_vae = {k: sig[k].default for k in TINY_VAE if k in sig}  # the library defaults are CogVideoX's VAE
+        s = CogVideoXSurrogate.tiny(seed=0, num_frames=(latent_frames - 1) * 4 + 1, vae_config=real_vae, **overrides)
         s.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         for m in s.modules():
             m.to(device=device, dtype=s.dtype)
