@@ -77,10 +77,15 @@ def child(kind: str, arg: str, iters: int) -> dict:
         img = torch.rand(1, 3, h, w)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        before = _peak_mb(device)
         times = _time_loop(s, s.default_objective(), img, iters)
+        peak = _peak_mb(device)
         return {"family": arg, "working_size": [h, w], "num_frames": s.num_frames, "num_blocks": s.num_blocks,
                 "s_per_iter_median": statistics.median(times), "s_per_iter_all": times,
-                "peak_memory_mb": round(_peak_mb(device), 1), "device": str(device)}
+                "peak_memory_mb": round(peak, 1), "loop_peak_growth_mb": round(peak - before, 1),
+                "memory_note": "CPU: process max RSS (torch itself ~800 MB) and its growth during the loop; "
+                               "GPU: torch.cuda.max_memory_allocated",
+                "device": str(device)}
     if kind == "early_exit":
         s = tiny_surrogate("cogvideox", seed=0, num_layers=42).to(device)
         h, w = s.working_size(64, 64)
