@@ -31,6 +31,7 @@ __all__ = [
     "Surrogate",
     "SurrogateError",
     "first_tensor",
+    "encoder_layers",
 ]
 
 
@@ -110,6 +111,13 @@ def first_tensor(output: object) -> Tensor:
     if hasattr(output, "sample") and isinstance(output.sample, Tensor):  # BaseOutput
         return output.sample
     raise TypeError(f"cannot find the hidden states in a block output of type {type(output).__name__}")
+
+
+def encoder_layers(encoder: nn.Module, prefix: str = "encoder") -> list[tuple[str, nn.Module]]:
+    """The usual VAE-encoder layer list of diffusers VAEs: each down block, then the mid block."""
+    layers = [(f"{prefix}.down_blocks.{i}", b) for i, b in enumerate(encoder.down_blocks)]
+    layers.append((f"{prefix}.mid_block", encoder.mid_block))
+    return layers
 
 
 class Surrogate(abc.ABC):

@@ -42,7 +42,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError
+from .base import FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError, encoder_layers
 from .prompts import PROMPT_FILE, resolve_prompt_embeds, save_prompt_embeds
 
 __all__ = ["CogVideoXSurrogate", "TINY_TRANSFORMER", "TINY_VAE", "SCHEDULER_CONFIG"]
@@ -202,10 +202,7 @@ class CogVideoXSurrogate(Surrogate):
         return [(f"transformer_blocks.{i}", b) for i, b in enumerate(self.transformer.transformer_blocks)]
 
     def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
-        enc = self.vae.encoder
-        layers = [(f"encoder.down_blocks.{i}", b) for i, b in enumerate(enc.down_blocks)]
-        layers.append(("encoder.mid_block", enc.mid_block))
-        return layers
+        return encoder_layers(self.vae.encoder, "encoder")
 
     def modules(self) -> list[nn.Module]:
         return [self.transformer, self.vae]

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError, first_tensor
+from .base import FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError, encoder_layers, first_tensor
 
 __all__ = ["SVDSurrogate", "clip_preprocess", "antialiased_resize", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
 
@@ -285,10 +285,7 @@ class SVDSurrogate(Surrogate):
         return blocks
 
     def vae_encoder_layers(self) -> list[tuple[str, nn.Module]]:
-        enc = self.vae.encoder
-        layers = [(f"encoder.down_blocks.{i}", b) for i, b in enumerate(enc.down_blocks)]
-        layers.append(("encoder.mid_block", enc.mid_block))
-        return layers
+        return encoder_layers(self.vae.encoder, "encoder")
 
     def modules(self) -> list[nn.Module]:
         return [self.unet, self.vae, self.image_encoder]

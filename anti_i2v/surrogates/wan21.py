@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError
+from .base import FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError, encoder_layers
 from .prompts import resolve_prompt_embeds, save_prompt_embeds
 
 __all__ = [
@@ -397,10 +397,7 @@ class Wan21Surrogate(Surrogate):
         return [(f"transformer.blocks.{i}", b) for i, b in enumerate(self.transformer.blocks)]
 
     def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
-        enc = self.vae.encoder
-        layers = [(f"vae.encoder.down_blocks.{i}", m) for i, m in enumerate(enc.down_blocks)]
-        layers.append(("vae.encoder.mid_block", enc.mid_block))
-        return layers
+        return encoder_layers(self.vae.encoder, "vae.encoder")
 
     def modules(self) -> list[nn.Module]:
         return [self.transformer, self.vae, self.image_encoder]
