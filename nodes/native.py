@@ -480,12 +480,7 @@ class NativeSurrogate(Surrogate):
         """
         import comfy.sample
 
-        if image.ndim == 3:
-            image = image.unsqueeze(0)
-        if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != 3:
-            raise SurrogateError(f"image must have shape (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
-        if int(num_inference_steps) < 1:
-            raise SurrogateError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        image = self._generate_image(image, num_inference_steps)
         h, w = size or self.working_size(image.shape[-2], image.shape[-1])
         with torch.inference_mode():
             pixels = image.detach().float().cpu().movedim(1, -1)

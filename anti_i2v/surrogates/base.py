@@ -352,5 +352,16 @@ class Surrogate(abc.ABC):
         return True
 
     # helpers for subclasses
+    @staticmethod
+    def _generate_image(image: Tensor, num_inference_steps: int) -> Tensor:
+        """Validate the arguments of ``generate``: one (3, H, W) or (1, 3, H, W) image, >= 1 step."""
+        if image.ndim == 3:
+            image = image.unsqueeze(0)
+        if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+            raise SurrogateError(f"image must have shape (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
+        if int(num_inference_steps) < 1:
+            raise SurrogateError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        return image
+
     def _to_model(self, x: Tensor) -> Tensor:
         return x.to(device=self.device, dtype=self.dtype)

@@ -451,12 +451,7 @@ class CogVideoXSurrogate(Surrogate):
         from ..protect import resize_to
 
         _, scheduler_cls, pipe_cls, _ = _diffusers()
-        if image.ndim == 3:
-            image = image.unsqueeze(0)
-        if image.ndim != 4 or image.shape[:2] != (1, 3):
-            raise SurrogateError(f"image must have shape (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
-        if num_inference_steps < 1:
-            raise SurrogateError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        image = self._generate_image(image, num_inference_steps)
         frames = self.num_frames if num_frames is None else int(num_frames)
         h, w = self.working_size(image.shape[-2], image.shape[-1])
         img = resize_to(image.float().clamp(0, 1), (h, w)).to(device=self.device, dtype=self.dtype)

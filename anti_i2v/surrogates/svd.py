@@ -631,12 +631,7 @@ class SVDSurrogate(Surrogate):
         """
         from PIL import Image
 
-        if image.ndim == 3:
-            image = image.unsqueeze(0)
-        if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != 3:
-            raise SurrogateError(f"image must have shape (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
-        if int(num_inference_steps) < 1:
-            raise SurrogateError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        image = self._generate_image(image, num_inference_steps)
         frames = self.num_frames if num_frames is None else int(num_frames)
         if frames < 1:
             raise SurrogateError(f"num_frames must be >= 1, got {num_frames}")
