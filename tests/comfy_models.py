@@ -8,21 +8,36 @@
 * :func:`write_tiny_wan_t2v` - a Wan 2.1 *text*-to-video file (16 input channels), for the "not I2V" error.
 * :func:`tiny_clip_vision` - a ``comfy.clip_vision.ClipVisionModel`` from a tiny JSON config (hidden 1280 as
   Wan's ``img_emb`` requires, one layer, 28-pixel input).
-* :func:`tiny_svd` - SVD as ``(MODEL, VAE, CLIP_VISION)`` built in memory from ComfyUI's classes.
+* :func:`tiny_svd` - SVD as ``(MODEL, VAE, CLIP_VISION)`` built in memory from ComfyUI's classes (fast, for
+  in-process tests).
+* :func:`write_svd_checkpoint` / :func:`install_svd_checkpoint` - ``models/checkpoints/svd.safetensors``, a
+  random-weight SVD checkpoint that ComfyUI's real ``ImageOnlyCheckpointLoader`` loads as ``SVD_img2vid`` +
+  ViT-H ``CLIP_VISION`` + temporal-decoder ``VAE`` (1.9 GB in fp16, see below).
 
-Why no ``svd.safetensors`` writer: ComfyUI matches a checkpoint to ``supported_models.SVD_img2vid`` only when
-its U-Net has ``model_channels == 320`` and ``context_dim == 1024`` (1.5 B parameters), and
-``ImageOnlyCheckpointLoader`` builds the CLIP vision tower from fixed ViT-H/G configs (632 M+ parameters):
-together several GB and minutes of CPU per forward on the shared 2-core test machine. :func:`tiny_svd`
-instead builds the same ComfyUI classes (``model_base.SVD_img2vid`` from a ``supported_models.SVD_img2vid``
-config, ``comfy.sd.VAE(config=...)``, ``ClipVisionModel``) with tiny configs, under ``torch.inference_mode`` so
-the weights are inference tensors exactly as ComfyUI's loaders leave them.
+How small an ``svd.safetensors`` can be (ComfyUI 0.3.75). ``model_detection.detect_unet_config`` reads the
+U-Net layout from key names and shapes, and ``supported_models.SVD_img2vid.matches`` compares only
+``model_channels == 320``, ``in_channels == 8``, ``context_dim == 1024``, ``adm_in_channels == 768``, linear
+transformer projections, temporal layers, and ``transformer_depth == [1, 1, 1, 1, 1, 1, 0, 0]`` (one entry per
+input res block: 8 res blocks, transformers in the first 6). ``channel_mult`` is read from the weights and is
+not compared, so :data:`SVD_UNET_CONFIG` keeps the real 4 levels x 2 res blocks (hence the real 25 blocks:
+input 0-11, middle 12, output 13-24, so the preset's layer indices stay valid) with ``channel_mult=(1, 1, 1,
+1)``: 212 M parameters instead of 1.5 B. The other two parts cannot shrink: ``comfy.sd.VAE`` builds the SD VAE
+with the temporal decoder from a fixed config (``ch=128``, 98 M) and
+``clip_vision.load_clipvision_from_sd`` picks a fixed JSON config by the number of layers present; SVD's
+cross-attention needs the 1024-wide image embedding, which only the ViT-H config gives (632 M; ViT-L gives 768,
+DINOv2 1024 but at 518 pixels). Weights missing from the file would stay uninitialised (``comfy.ops`` skips
+initialisation), so every tensor is written. Figures measured on the 2-core test machine: 942 M parameters,
+1.88 GB in fp16, 8-14 s to generate and write (done once, then reused from ``.cache/anti_i2v_tests``), 3-6 s
+to load, 3.5 s per ViT-H encode, 3 s for 2 sampling steps of 4 frames at 64x64, and 27 s for the whole SVD
+preset (2 protect steps on its shipped layers + both sampling branches) on the idle machine.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -35,13 +50,31 @@ COMFY_DIR = REPO_ROOT / ".cache" / "comfyui"
 WAN_I2V_FILE = "wan2.1_i2v_480p_14B_bf16.safetensors"
 WAN_T2V_FILE = "wan2.1_t2v_1.3B_bf16.safetensors"
 WAN_VAE_FILE = "wan_2.1_vae.safetensors"
-SVD_FILE = "svd.safetensors"  # not written: see the module docstring
+SVD_FILE = "svd.safetensors"
+#: bump when the layout or the weight recipe of :func:`write_svd_checkpoint` changes (invalidates the cache)
+SVD_CHECKPOINT_VERSION = 1
+SVD_CACHE_DIR = REPO_ROOT / ".cache" / "anti_i2v_tests"
+
+#: The U-Net of :func:`write_svd_checkpoint`: ``supported_models.SVD_img2vid``'s layout with channel_mult 1.
+SVD_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+    "legacy": False, "num_classes": "sequential", "adm_in_channels": 768, "in_channels": 8,
+    "model_channels": 320, "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "channel_mult": [1, 1, 1, 1], "transformer_depth_middle": 1,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_linear_in_transformer": True,
+    "context_dim": 1024, "extra_ff_mix_layer": True, "use_spatial_context": True,
+    "merge_strategy": "learned_with_images", "merge_factor": 0.0, "video_kernel_size": [3, 1, 1],
+    "use_temporal_resblock": True, "use_temporal_attention": True, "disable_temporal_crossattention": False,
+    "num_heads": -1, "num_head_channels": 64,
+}
 
 __all__ = [
     "COMFY_DIR",
     "WAN_I2V_FILE",
     "WAN_T2V_FILE",
     "WAN_VAE_FILE",
+    "SVD_FILE",
+    "SVD_UNET_CONFIG",
     "ensure_comfy_path",
     "random_state_dict",
     "write_tiny_wan21_i2v",
@@ -49,6 +82,10 @@ __all__ = [
     "write_tiny_wan_vae",
     "tiny_clip_vision",
     "tiny_svd",
+    "svd_checkpoint_state_dict",
+    "write_svd_checkpoint",
+    "cached_svd_checkpoint",
+    "install_svd_checkpoint",
 ]
 
 
@@ -152,8 +189,8 @@ def tiny_svd(*, seed: int = 0):
 
     U-Net: ``supported_models.SVD_img2vid`` with ``model_channels=32``, two levels, one temporal res block and
     one spatial-temporal transformer per level, context width 32 (the tiny CLIP projection). VAE:
-    ``comfy.sd.VAE(config=...)`` (an ``AutoencoderKL`` with ``ch=32``, GroupNorm's minimum). Weights are inference tensors, as
-    after ComfyUI's loaders.
+    ``comfy.sd.VAE(config=...)`` (an ``AutoencoderKL`` with ``ch=32``, GroupNorm's minimum). Weights are
+    inference tensors, as after ComfyUI's loaders.
     """
     ensure_comfy_path()
     import comfy.model_management
@@ -187,3 +224,168 @@ def tiny_svd(*, seed: int = 0):
                            config={"params": {"ddconfig": ddconfig, "embed_dim": 4}})
     clip_vision = tiny_clip_vision(hidden=64, projection=32, seed=seed + 2)
     return model, vae, clip_vision
+
+
+# ---------------------------------------------------------------------------------------- svd.safetensors
+_SVD_UNET_PREFIX = "model.diffusion_model."
+_SVD_VAE_PREFIX = "first_stage_model."
+_SVD_CLIP_PREFIX = "conditioner.embedders.0.open_clip.model.visual."  # SVD_img2vid.clip_vision_prefix
+
+
+def _svd_meta_modules() -> dict[str, torch.nn.Module]:
+    """The three parts of an SVD checkpoint as ComfyUI builds them, on the meta device (shapes only)."""
+    ensure_comfy_path()
+    import comfy.clip_model
+    import comfy.ops
+    from comfy.ldm.models.autoencoder import AutoencodingEngine
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    with open(COMFY_DIR / "comfy" / "clip_vision_config_h.json") as f:
+        vit_h = json.load(f)
+    with torch.device("meta"):
+        unet = UNetModel(**SVD_UNET_CONFIG, dtype=torch.float32, device="meta",
+                         operations=comfy.ops.disable_weight_init)
+        # comfy.sd.VAE's branch for checkpoints with "decoder.mid.block_1.mix_factor" (SVD's temporal decoder)
+        vae = AutoencodingEngine(
+            regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+            encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
+            decoder_config={"target": "comfy.ldm.modules.temporal_ae.VideoDecoder",
+                            "params": {**ddconfig, "video_kernel_size": [3, 1, 1], "alpha": 0.0}})
+        clip = comfy.clip_model.CLIPVisionModelProjection(vit_h, torch.float16, "meta", comfy.ops.manual_cast)
+    return {"unet": unet, "vae": vae, "clip": clip}
+
+
+def _to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's CLIP-vision keys (transformers naming) -> the open_clip ``visual.*`` keys SVD files use.
+
+    The inverse of ``comfy.clip_vision.convert_to_transformers`` / ``comfy.utils.transformers_convert``:
+    q/k/v projections are stacked into ``attn.in_proj_*``, ``visual_projection.weight`` is stored transposed
+    as ``proj``.
+    """
+    plain = {
+        "vision_model.embeddings.class_embedding": "class_embedding",
+        "vision_model.embeddings.patch_embedding.weight": "conv1.weight",
+        "vision_model.embeddings.position_embedding.weight": "positional_embedding",
+        "vision_model.post_layernorm.weight": "ln_post.weight",
+        "vision_model.post_layernorm.bias": "ln_post.bias",
+        "vision_model.pre_layrnorm.weight": "ln_pre.weight",
+        "vision_model.pre_layrnorm.bias": "ln_pre.bias",
+    }
+    layer = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+             "self_attn.out_proj": "attn.out_proj"}
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for k, v in sd.items():
+        if k in plain:
+            out[plain[k]] = v
+        elif k == "visual_projection.weight":
+            out["proj"] = v.t().contiguous()
+        elif k.startswith("vision_model.encoder.layers."):
+            idx, rest = k[len("vision_model.encoder.layers."):].split(".", 1)
+            name, kind = rest.rsplit(".", 1)
+            if name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                qkv.setdefault((int(idx), kind), {})[name[-6]] = v
+            else:
+                out[f"transformer.resblocks.{idx}.{layer[name]}.{kind}"] = v
+        else:
+            raise KeyError(f"unexpected CLIP vision key {k!r}")
+    for (idx, kind), parts in qkv.items():
+        out[f"transformer.resblocks.{idx}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def _uniform_fp16(shape: torch.Size, key: str, g: torch.Generator) -> torch.Tensor:
+    """fp16 weights with the variance of :func:`random_state_dict` (1/fan_in), drawn uniformly (2x faster)."""
+    if len(shape) >= 2:
+        bound = math.sqrt(3.0 / max(1, math.prod(shape[1:])))
+        return torch.empty(shape, dtype=torch.float16).uniform_(-bound, bound, generator=g)
+    if key.endswith("bias"):
+        return torch.zeros(shape, dtype=torch.float16)
+    return torch.ones(shape, dtype=torch.float16)  # norm gains, class embedding, temporal mix factors
+
+
+def svd_checkpoint_state_dict(*, seed: int = 0, meta: bool = False) -> dict[str, torch.Tensor]:
+    """The fp16 state dict of :func:`write_svd_checkpoint` (942 M parameters, 1.88 GB).
+
+    Args:
+        seed: seeds the weights.
+        meta: return meta tensors (keys and shapes only, nothing allocated) to check the layout cheaply.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def make(k: str, v: torch.Tensor) -> torch.Tensor:
+        return torch.empty(v.shape, dtype=torch.float16, device="meta") if meta else _uniform_fp16(v.shape, k, g)
+
+    parts = _svd_meta_modules()
+    sd: dict[str, torch.Tensor] = {}
+    for k, v in parts["unet"].state_dict().items():
+        sd[_SVD_UNET_PREFIX + k] = make(k, v)
+    for k, v in parts["vae"].state_dict().items():
+        sd[_SVD_VAE_PREFIX + k] = make(k, v)
+    clip = {k: make(k, v) for k, v in parts["clip"].state_dict().items()}
+    for k, v in _to_open_clip(clip).items():
+        sd[_SVD_CLIP_PREFIX + k] = v
+    return sd
+
+
+def write_svd_checkpoint(path: str | Path, *, seed: int = 0) -> Path:
+    """Write a random-weight SVD checkpoint that ``ImageOnlyCheckpointLoader`` loads as SVD; returns the path.
+
+    The file has the three prefixes of a real ``svd.safetensors`` (``model.diffusion_model.``,
+    ``first_stage_model.``, ``conditioner.embedders.0.open_clip.model.visual.`` in open_clip naming), with the
+    U-Net of :data:`SVD_UNET_CONFIG`, the SD VAE with the temporal decoder and a ViT-H/14 vision tower; see the
+    module docstring for why these sizes are the smallest ComfyUI accepts. Written atomically (a temporary
+    file renamed into place), fp16, about 1.88 GB.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")  # parallel writers never share a temp file
+    sd = svd_checkpoint_state_dict(seed=seed)
+    save_file(sd, str(tmp), metadata={"anti_i2v_test": f"random-weight SVD v{SVD_CHECKPOINT_VERSION} seed {seed}"})
+    del sd
+    os.replace(tmp, path)
+    return path
+
+
+def _svd_manifest_tag(seed: int) -> str:
+    """A short hash of the recipe, seed and every key and shape, so a cached file never outlives its layout."""
+    import hashlib
+
+    parts = _svd_meta_modules()
+    h = hashlib.sha256(f"v{SVD_CHECKPOINT_VERSION} seed{seed}".encode())
+    for name, module in parts.items():
+        for k, v in module.state_dict().items():
+            h.update(f"{name}:{k}:{tuple(v.shape)};".encode())
+    return h.hexdigest()[:12]
+
+
+def cached_svd_checkpoint(*, seed: int = 0) -> Path:
+    """:func:`write_svd_checkpoint` once per recipe, seed and ComfyUI layout, kept in ``.cache/anti_i2v_tests``.
+
+    The file name carries :func:`_svd_manifest_tag`; stale files of other tags are removed when a new one is
+    written (each is 1.9 GB). ``.cache/`` is git-ignored: the weights are never committed.
+    """
+    path = SVD_CACHE_DIR / f"svd-random-{_svd_manifest_tag(seed)}.safetensors"
+    if not path.is_file():
+        for old in SVD_CACHE_DIR.glob("svd-random-*.safetensors"):
+            old.unlink(missing_ok=True)
+        write_svd_checkpoint(path, seed=seed)
+    return path
+
+
+def install_svd_checkpoint(models_dir: str | Path, *, seed: int = 0, name: str = SVD_FILE) -> Path:
+    """Put the cached random SVD checkpoint at ``models_dir/checkpoints/name`` (hard link, else a copy)."""
+    src = cached_svd_checkpoint(seed=seed)
+    dst = Path(models_dir) / "checkpoints" / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst

@@ -5,7 +5,10 @@ random-weight models under the file names the presets use:
 
 * ``models/diffusers/CogVideoX-5b-I2V``: a tiny diffusers CogVideoX-I2V (the adapter's ``save_tiny``);
 * ``models/diffusion_models/wan2.1_i2v_480p_14B_bf16.safetensors`` and ``models/vae/wan_2.1_vae.safetensors``:
-  tiny native Wan 2.1 files (``tests/comfy_models.py``), loaded by the preset's own UNETLoader / VAELoader.
+  tiny native Wan 2.1 files (``tests/comfy_models.py``), loaded by the preset's own UNETLoader / VAELoader;
+* ``models/checkpoints/svd.safetensors``: a random-weight SVD checkpoint (``tests/comfy_models.py``: the
+  smallest U-Net ComfyUI still detects as ``SVD_img2vid``, the SD temporal VAE and a ViT-H vision tower),
+  loaded by the preset's own ImageOnlyCheckpointLoader.
 
 For every preset the test fetches it the way the template browser does (``GET /workflow_templates`` and
 ``/api/workflow_templates/<pack>/<name>.json``), loads it with ``app.loadGraphData``, checks that every node
@@ -18,11 +21,10 @@ What the run changes in the converted prompt, on purpose (the graph itself runs 
 
 * CLIPLoader + CLIPTextEncode become ``AntiI2VTest_ZeroConditioning`` (width 4096): the umT5-XXL text encoder
   cannot be made tiny;
-* ImageOnlyCheckpointLoader becomes ``AntiI2VBrowser_TinySVDLoader`` (a node defined below, in a pack written
-  for this test), which returns ``tests.comfy_models.tiny_svd()``: ComfyUI only recognises a full-size SVD
-  checkpoint (1.5 B U-Net + ViT-H), see ``tests/comfy_models.py``;
-* sizes, frame counts and step counts go down to seconds on CPU (64x64 pixels, 2 steps), dtype float32, and
-  the layer indices (the real models' 27 / 26 / 12 ...) become ones the 2-block tiny models have.
+* sizes, frame counts and step counts go down to seconds on CPU (64x64 pixels, 2 steps, 5 attacked frames);
+* for the CogVideoX and Wan presets, dtype float32 and layer indices the 2-block tiny models have (instead of
+  the real models' 27 / 26 ...). The SVD checkpoint keeps SVD's real 25-block U-Net and SD VAE, so the SVD
+  preset runs with its shipped layers (IRA on block 12 and VAE layers 14,15, IRC 1:24) and dtype.
 """
 
 from __future__ import annotations
@@ -35,45 +37,13 @@ from pathlib import Path
 import pytest
 
 from tests.browser import Chromium, find_chromium
-from tests.comfy_harness import PACK_NAME, REPO_ROOT, ComfyServer, comfy_available
+from tests.comfy_harness import PACK_NAME, ComfyServer, comfy_available
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
 PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_batch"]
 EXTENSION = "AntiI2V.LossChart"
 LOOP = "AntiI2V_ProtectLoop"
-
-_SVD_PACK = '''"""Test-only pack written by tests/test_browser.py: a tiny SVD in place of ImageOnlyCheckpointLoader."""
-import importlib.util
-
-from comfy_api.latest import io
-
-_spec = importlib.util.spec_from_file_location("anti_i2v_browser_comfy_models", {models_py!r})
-_models = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_models)
-_CACHE = {{}}
-
-
-class TinySVDLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="AntiI2VBrowser_TinySVDLoader", category="Anti-I2V/testing",
-            description="Test-only: tiny random-weight SVD (MODEL, CLIP_VISION, VAE) like ImageOnlyCheckpointLoader.",
-            inputs=[io.String.Input("ckpt_name", default="svd.safetensors", tooltip="Ignored (the preset's name).")],
-            outputs=[io.Model.Output(), io.ClipVision.Output(), io.Vae.Output()],
-        )
-
-    @classmethod
-    def execute(cls, ckpt_name):
-        if "svd" not in _CACHE:
-            _CACHE["svd"] = _models.tiny_svd(seed=0)
-        model, vae, clip_vision = _CACHE["svd"]
-        return io.NodeOutput(model, clip_vision, vae)
-
-
-NODE_CLASS_MAPPINGS = {{"AntiI2VBrowser_TinySVDLoader": TinySVDLoader}}
-'''
 
 _LOAD_JS = r"""
 const [url, name, done] = arguments;
@@ -117,8 +87,11 @@ def _pack_errors(entries: list[dict]) -> list[str]:
     return out
 
 
-def _tiny(prompt: dict) -> dict:
-    """The converted preset with the test-only substitutions listed in the module docstring."""
+def _tiny(prompt: dict, *, shipped_layers: bool = False) -> dict:
+    """The converted preset with the test-only substitutions listed in the module docstring.
+
+    ``shipped_layers``: keep the preset's layer indices and dtype (its models have the real block layout).
+    """
     out = {}
     for nid, node in prompt.items():
         node = json.loads(json.dumps(node))
@@ -127,13 +100,13 @@ def _tiny(prompt: dict) -> dict:
             continue
         if ct == "CLIPTextEncode":
             node = {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 8}}
-        elif ct == "ImageOnlyCheckpointLoader":
-            node["class_type"] = "AntiI2VBrowser_TinySVDLoader"
         elif ct == "AntiI2V_LoadSurrogateI2V":
-            inp.update(frames=5, dtype="float32")
-        elif ct == "AntiI2V_IRALoss":
+            inp["frames"] = 5
+            if not shipped_layers:
+                inp["dtype"] = "float32"
+        elif ct == "AntiI2V_IRALoss" and not shipped_layers:
             inp.update(blocks="1", vae_layers="1")
-        elif ct == "AntiI2V_IRCLoss":
+        elif ct == "AntiI2V_IRCLoss" and not shipped_layers:
             inp.update(pairs="0:1")
         elif ct == LOOP:
             inp.update(steps=2)
@@ -167,13 +140,11 @@ def stack(tmp_path_factory):
     from tests import comfy_models
 
     base = tmp_path_factory.mktemp("browser_comfy")
-    pack = base / "packs" / "anti_i2v_browser_svd"
-    pack.mkdir(parents=True)
-    (pack / "__init__.py").write_text(_SVD_PACK.format(models_py=str(REPO_ROOT / "tests" / "comfy_models.py")))
-    server = ComfyServer(base / "comfy", packs={"anti_i2v_browser_svd": pack})
+    server = ComfyServer(base / "comfy")
     surrogate_class("cogvideox").save_tiny(server.models_dir / "diffusers" / "CogVideoX-5b-I2V", seed=0)
     comfy_models.write_tiny_wan21_i2v(server.models_dir / "diffusion_models")
     comfy_models.write_tiny_wan_vae(server.models_dir / "vae")
+    comfy_models.install_svd_checkpoint(server.models_dir)  # 1.9 GB, written once into .cache/anti_i2v_tests
     Image.fromarray(skdata.astronaut()).resize((64, 64)).save(server.input_dir / "example.png")
     shots = Path(os.environ.get("ANTI_I2V_SCREENSHOTS") or base / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
@@ -241,7 +212,7 @@ def test_preset_loads_converts_and_runs(stack, name):
     loop = next(v for v in prompt.values() if v["class_type"] == LOOP)
     assert loop["inputs"]["steps"] == 200 and loop["inputs"]["optimizer"] == "sign"
 
-    prompt_id = server.post_prompt(_tiny(prompt))
+    prompt_id = server.post_prompt(_tiny(prompt, shipped_layers="svd" in name))
     entry = server.wait(prompt_id, timeout=240)
     err = server.error_of(entry)
     assert err is None, f"{name}: {err and (err.get('node_type'), err.get('exception_message'))}"

@@ -4,7 +4,8 @@ The tiny Wan 2.1 I2V and Wan VAE files are loaded with ``comfy.sd.load_diffusion
 ``comfy.sd.VAE(sd=comfy.utils.load_torch_file(...))`` - exactly what UNETLoader and VAELoader call - under
 ``torch.inference_mode`` as ComfyUI runs prompts, so the weights are inference tensors. (ComfyUI's ``nodes.py``
 itself is not imported here: in this process the name ``nodes`` is this repository's package.) SVD is built
-in memory from ComfyUI's classes (tests/comfy_models.py explains why no tiny svd.safetensors is possible).
+in memory from ComfyUI's classes with tiny configs (fast); the smallest ``svd.safetensors`` ComfyUI accepts
+(ViT-H included, 1.9 GB) is loaded by the real ImageOnlyCheckpointLoader in tests/test_native_server.py.
 """
 
 from __future__ import annotations

@@ -1,14 +1,24 @@
-"""The chained native Wan 2.1 I2V graph on the real ComfyUI server (tiny ComfyUI-format models).
+"""Native I2V graphs on the real ComfyUI server, with the models loaded by ComfyUI's own loaders.
 
-UNETLoader + VAELoader load the tiny files written by tests/comfy_models.py under the real preset names.
-The test pack's ``AntiI2VTest_ZeroConditioning`` (width 4096) replaces CLIPLoader + CLIPTextEncode only,
-because the umT5-XXL text encoder cannot be made tiny; everything else runs as shipped:
+* Wan 2.1: UNETLoader + VAELoader load the tiny files written by tests/comfy_models.py under the real preset
+  names. The test pack's ``AntiI2VTest_ZeroConditioning`` (width 4096) replaces CLIPLoader + CLIPTextEncode
+  only, because the umT5-XXL text encoder cannot be made tiny.
+* SVD: ImageOnlyCheckpointLoader loads ``svd.safetensors``, a random-weight checkpoint that ComfyUI detects as
+  ``SVD_img2vid`` with a ViT-H ``CLIP_VISION`` and the temporal SD VAE (``comfy_models.write_svd_checkpoint``).
 
-LoadImage -> AntiI2V_LoadSurrogateI2V(model, vae, positive) -> DSP -> IRA -> ProtectLoop -> WanImageToVideo
--> KSampler -> VAEDecode -> SaveAnimatedWEBP, beside the same video graph on the clean photo.
+What is proved (the issue's requirement: "sampling the same I2V graph with the same seed before and after a
+ProtectLoop run gives the same video"): a clean sampling prompt runs; then a prompt whose ProtectLoop builds
+its surrogate from the *same* cached loader outputs (the user's MODEL / VAE / CLIP_VISION objects) and renders
+the protected video; then the clean prompt again, on a byte-identical copy of the photo under another file
+name, so that ComfyUI's cache cannot replay the first result: the test checks in the history and the
+websocket that the loaders were served from the cache (same model objects) while the conditioning, KSampler
+and VAEDecode really ran again. The two clean videos must be bit-identical (latents and 8-bit frames); the
+protected one must differ.
 """
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
@@ -20,23 +30,22 @@ from tests import comfy_models as cm
 pytestmark = pytest.mark.comfy
 
 SIZE, LENGTH = 64, 5
+#: ComfyUI's warnings when a checkpoint lacks weights its detected classes have (they would stay random)
+_MISSING_WARNINGS = ("unet missing", "missing clip vision", "Missing VAE keys", "clip missing")
 
 
-def _video_graph(prefix: str, image_ref: list, ids: dict) -> dict:
-    """WanImageToVideo -> KSampler -> VAEDecode -> SaveAnimatedWEBP on ``image_ref`` (node ids from ``ids``)."""
-    i2v, ks, dec, save = ids["i2v"], ids["ks"], ids["dec"], ids["save"]
-    return {
-        i2v: {"class_type": "WanImageToVideo", "inputs": {
-            "positive": ["3", 0], "negative": ["3", 0], "vae": ["2", 0], "width": SIZE, "height": SIZE,
-            "length": LENGTH, "batch_size": 1, "start_image": image_ref}},
-        ks: {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-            "positive": [i2v, 0], "negative": [i2v, 1], "latent_image": [i2v, 2], "denoise": 1.0}},
-        dec: {"class_type": "VAEDecode", "inputs": {"samples": [ks, 0], "vae": ["2", 0]}},
-        save: {"class_type": "SaveAnimatedWEBP", "inputs": {
-            "images": [dec, 0], "filename_prefix": prefix, "fps": 6.0, "lossless": True, "quality": 100,
-            "method": "default"}},
-    }
+# ---------------------------------------------------------------------------------------------- helpers
+def _photo(srv, name: str, seed: int = 0) -> str:
+    g = torch.Generator().manual_seed(seed)
+    photo = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(SIZE, SIZE), mode="bilinear")
+    Image.fromarray((photo[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(srv.input_dir / name)
+    return name
+
+
+def _byte_copy(srv, name: str, copy: str) -> str:
+    shutil.copyfile(srv.input_dir / name, srv.input_dir / copy)
+    assert (srv.input_dir / name).read_bytes() == (srv.input_dir / copy).read_bytes()
+    return copy
 
 
 def _frames(path) -> torch.Tensor:
@@ -46,23 +55,95 @@ def _frames(path) -> torch.Tensor:
     return torch.stack(frames)
 
 
-def test_native_wan_graph_protects(comfy_server):  # noqa: F811
-    srv = comfy_server
-    info = srv.object_info()
-    for node in ("AntiI2V_LoadSurrogateI2V", "AntiI2V_ProtectLoop", "AntiI2VTest_ZeroConditioning"):
-        assert node in info, f"{node} is not registered; server log:\n{srv.log()}"
-    cm.write_tiny_wan21_i2v(srv.models_dir / "diffusion_models")
-    cm.write_tiny_wan_vae(srv.models_dir / "vae")
-    g = torch.Generator().manual_seed(0)
-    photo = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(SIZE, SIZE), mode="bilinear")
-    Image.fromarray((photo[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(
-        srv.input_dir / "native_photo.png")
+def _latent(path) -> torch.Tensor:
+    from safetensors.torch import load_file
 
-    prompt = {
+    return load_file(str(path))["latent_tensor"]
+
+
+def _run(srv, prompt: dict, timeout: float = 300) -> dict:
+    """Queue ``prompt`` and wait; returns {entry, executed: node ids that ran, cached: node ids from cache}."""
+    pid = srv.post_prompt(prompt)
+    entry = srv.wait(pid, timeout=timeout)
+    assert entry["status"]["status_str"] == "success", f"{srv.error_of(entry)}\n{srv.log()}"
+    srv.wait_event(lambda e: e.get("type") == "execution_success" and e["data"].get("prompt_id") == pid, 30)
+    events = srv.ws_events(pid)
+    executed = {e["data"]["node"] for e in events if e.get("type") == "executing" and e["data"].get("node")}
+    cached = {n for kind, data in srv.status_messages(entry) if kind == "execution_cached" for n in data["nodes"]}
+    assert not executed & cached
+    return {"entry": entry, "executed": executed, "cached": cached}
+
+
+def _video(srv, run: dict, save: str, latent: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(8-bit frames of the lossless WebP, exact float latent) saved by nodes ``save`` and ``latent``."""
+    (webp,) = srv.output_files(run["entry"], save)
+    (lat,) = srv.output_files(run["entry"], latent, key="latents")
+    return _frames(webp), _latent(lat)
+
+
+def _outputs(prefix: str, decoded: list, samples: list, ids: tuple[str, str]) -> dict:
+    save, keep = ids
+    return {
+        save: {"class_type": "SaveAnimatedWEBP", "inputs": {
+            "images": decoded, "filename_prefix": prefix, "fps": 6.0, "lossless": True, "quality": 100,
+            "method": "default"}},
+        keep: {"class_type": "SaveLatent", "inputs": {"samples": samples, "filename_prefix": prefix}},
+    }
+
+
+def _assert_unchanged_model(srv, first: dict, again: dict, protect: dict, *, loaders: set, resampled: set,
+                            clean_ids: tuple[str, str], protected_ids: tuple[str, str], min_change: float):
+    # the protect prompt and the second clean prompt got the very same loader outputs (cache hits) ...
+    assert loaders <= protect["cached"] and loaders <= again["cached"], (protect["cached"], again["cached"])
+    assert loaders <= first["executed"]
+    # ... and the second clean prompt really sampled again (its photo has a new file name)
+    assert resampled <= again["executed"], f"not re-executed: {resampled - again['executed']}"
+    clean1, lat1 = _video(srv, first, *clean_ids)
+    clean2, lat2 = _video(srv, again, *clean_ids)
+    prot, lat_p = _video(srv, protect, *protected_ids)
+    assert clean1.shape[0] >= 2 and clean1.shape == clean2.shape == prot.shape
+    assert torch.equal(lat1, lat2), f"latents differ by up to {(lat1 - lat2).abs().max()}"
+    assert torch.equal(clean1, clean2), f"frames differ by up to {(clean1 - clean2).abs().max()} / 255"
+    assert not torch.equal(lat1, lat_p)
+    assert (clean1 - prot).abs().mean() > min_change, (clean1 - prot).abs().mean()
+
+
+# ---------------------------------------------------------------------------------------------- Wan 2.1
+def _wan_models() -> dict:
+    return {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": cm.WAN_I2V_FILE, "weight_dtype": "default"}},
         "2": {"class_type": "VAELoader", "inputs": {"vae_name": cm.WAN_VAE_FILE}},
         "3": {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 16}},
-        "4": {"class_type": "LoadImage", "inputs": {"image": "native_photo.png"}},
+    }
+
+
+def _wan_video(prefix: str, image_ref: list, ids: tuple[str, ...]) -> dict:
+    """WanImageToVideo -> KSampler -> VAEDecode -> lossless WebP + latent, on ``image_ref``."""
+    i2v, ks, dec, save, keep = ids
+    out = {
+        i2v: {"class_type": "WanImageToVideo", "inputs": {
+            "positive": ["3", 0], "negative": ["3", 0], "vae": ["2", 0], "width": SIZE, "height": SIZE,
+            "length": LENGTH, "batch_size": 1, "start_image": image_ref}},
+        ks: {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+            "positive": [i2v, 0], "negative": [i2v, 1], "latent_image": [i2v, 2], "denoise": 1.0}},
+        dec: {"class_type": "VAEDecode", "inputs": {"samples": [ks, 0], "vae": ["2", 0]}},
+    }
+    out.update(_outputs(prefix, [dec, 0], [ks, 0], (save, keep)))
+    return out
+
+
+def _wan_clean(image: str) -> dict:
+    prompt = _wan_models()
+    prompt["4"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    prompt.update(_wan_video("wan_clean", ["4", 0], ("13", "14", "15", "16", "17")))
+    return prompt
+
+
+def _wan_protect(image: str) -> dict:
+    prompt = _wan_models()
+    prompt.update({
+        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
         "5": {"class_type": "AntiI2V_LoadSurrogateI2V", "inputs": {
             "family": "auto", "folder": "(none)", "dtype": "float32", "frames": 1,
             "gradient_checkpointing": False, "model": ["1", 0], "vae": ["2", 0], "positive": ["3", 0]}},
@@ -72,19 +153,116 @@ def test_native_wan_graph_protects(comfy_server):  # noqa: F811
         "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
             "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
             "steps": 2, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
-    }
-    prompt.update(_video_graph("native_protected", ["8", 0], {"i2v": "9", "ks": "10", "dec": "11", "save": "12"}))
-    prompt.update(_video_graph("native_clean", ["4", 0], {"i2v": "13", "ks": "14", "dec": "15", "save": "16"}))
+    })
+    prompt.update(_wan_video("wan_protected", ["8", 0], ("9", "10", "11", "12", "18")))
+    return prompt
 
-    pid = srv.post_prompt(prompt)
-    entry = srv.wait(pid, timeout=300)
-    assert entry["status"]["status_str"] == "success", f"{entry['status']}\n{srv.log()}"
-    outs = entry["outputs"]
-    files = {}
-    for node, name in (("12", "protected"), ("16", "clean")):
-        images = outs[node]["images"]
-        assert len(images) == 1
-        files[name] = srv.output_dir / images[0].get("subfolder", "") / images[0]["filename"]
-    clean, protected = _frames(files["clean"]), _frames(files["protected"])
-    assert clean.shape == protected.shape and clean.shape[0] == LENGTH
-    assert (clean - protected).abs().mean() > 0.5  # in 0-255 units: the protected photo changes the video
+
+def test_wan_model_unchanged_by_protect(comfy_server):
+    srv = comfy_server
+    info = srv.object_info()
+    for node in ("AntiI2V_LoadSurrogateI2V", "AntiI2V_ProtectLoop", "AntiI2VTest_ZeroConditioning"):
+        assert node in info, f"{node} is not registered; server log:\n{srv.log()}"
+    cm.write_tiny_wan21_i2v(srv.models_dir / "diffusion_models")
+    cm.write_tiny_wan_vae(srv.models_dir / "vae")
+    photo = _photo(srv, "wan_unchanged.png")
+
+    first = _run(srv, _wan_clean(photo))
+    protect = _run(srv, _wan_protect(photo))
+    again = _run(srv, _wan_clean(_byte_copy(srv, photo, "wan_unchanged_copy.png")))
+
+    assert {"5", "8", "9", "10"} <= protect["executed"]  # the surrogate, the loop and the protected video ran
+    _assert_unchanged_model(srv, first, again, protect, loaders={"1", "2"}, resampled={"4", "13", "14", "15"},
+                            clean_ids=("16", "17"), protected_ids=("12", "18"), min_change=0.5)
+
+
+# ---------------------------------------------------------------------------------------------- SVD
+def _svd_models() -> dict:
+    return {
+        "1": {"class_type": "ImageOnlyCheckpointLoader", "inputs": {"ckpt_name": cm.SVD_FILE}},
+        "2": {"class_type": "VideoLinearCFGGuidance", "inputs": {"model": ["1", 0], "min_cfg": 1.0}},
+    }
+
+
+def _svd_video(prefix: str, image_ref: list, ids: tuple[str, ...]) -> dict:
+    """SVD_img2vid_Conditioning -> KSampler -> VAEDecode -> lossless WebP + latent (the preset's sampler)."""
+    cond, ks, dec, save, keep = ids
+    out = {
+        cond: {"class_type": "SVD_img2vid_Conditioning", "inputs": {
+            "clip_vision": ["1", 1], "init_image": image_ref, "vae": ["1", 2], "width": SIZE, "height": SIZE,
+            "video_frames": 2, "motion_bucket_id": 127, "fps": 6, "augmentation_level": 0.0}},
+        ks: {"class_type": "KSampler", "inputs": {
+            "model": ["2", 0], "seed": 42, "steps": 2, "cfg": 2.5, "sampler_name": "euler", "scheduler": "karras",
+            "positive": [cond, 0], "negative": [cond, 1], "latent_image": [cond, 2], "denoise": 1.0}},
+        dec: {"class_type": "VAEDecode", "inputs": {"samples": [ks, 0], "vae": ["1", 2]}},
+    }
+    out.update(_outputs(prefix, [dec, 0], [ks, 0], (save, keep)))
+    return out
+
+
+def _svd_clean(image: str) -> dict:
+    prompt = _svd_models()
+    prompt["4"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    prompt.update(_svd_video("svd_clean", ["4", 0], ("13", "14", "15", "16", "17")))
+    return prompt
+
+
+def _svd_protect(image: str) -> dict:
+    prompt = _svd_models()
+    prompt.update({
+        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "5": {"class_type": "AntiI2V_LoadSurrogateI2V", "inputs": {
+            "family": "auto", "folder": "(none)", "dtype": "float32", "frames": 2,
+            "gradient_checkpointing": False, "model": ["1", 0], "vae": ["1", 2], "clip_vision": ["1", 1]}},
+        "6": {"class_type": "AntiI2V_DSPPerturb", "inputs": {
+            "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
+        # input block 1 (early exit there) keeps the U-Net part short; the ViT-H still runs forward + backward
+        "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "", "weight": 1.0}},
+        "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
+            "steps": 1, "step_size": 16.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
+    })
+    prompt.update(_svd_video("svd_protected", ["8", 0], ("9", "10", "11", "12", "18")))
+    return prompt
+
+
+def test_svd_checkpoint_layout_is_detected_as_svd():
+    """The checkpoint's keys and shapes (meta tensors, nothing written) pass ComfyUI's own detection."""
+    cm.ensure_comfy_path()
+    import comfy.clip_vision
+    import comfy.model_detection
+    import comfy.supported_models
+
+    sd = cm.svd_checkpoint_state_dict(meta=True)
+    prefix = comfy.model_detection.unet_prefix_from_state_dict(sd)
+    assert prefix == "model.diffusion_model."
+    config = comfy.model_detection.model_config_from_unet(sd, prefix)
+    assert type(config) is comfy.supported_models.SVD_img2vid, type(config)
+    unet = config.unet_config
+    assert unet["channel_mult"] == [1, 1, 1, 1] and unet["num_res_blocks"] == [2, 2, 2, 2]  # read, not matched
+    assert unet["model_channels"] == 320 and unet["context_dim"] == 1024
+    # the open_clip tower converts to exactly the keys and shapes of ComfyUI's ViT-H/14 (clip_vision_config_h)
+    converted = comfy.clip_vision.convert_to_transformers(dict(sd), config.clip_vision_prefix)
+    vision = {k: tuple(v.shape) for k, v in converted.items() if k.startswith(("vision_model.", "visual_projection."))}
+    assert "vision_model.encoder.layers.31.layer_norm1.weight" in vision  # 32 layers: the ViT-H config is chosen
+    expected = {k: tuple(v.shape) for k, v in cm._svd_meta_modules()["clip"].state_dict().items()}
+    assert vision == expected
+    assert vision["visual_projection.weight"] == (1024, 1280)  # 1024-wide image embedding = SVD's context
+
+
+@pytest.mark.slow
+def test_svd_checkpoint_model_unchanged_by_protect(comfy_server):
+    srv = comfy_server
+    cm.install_svd_checkpoint(srv.models_dir)  # written once into .cache/anti_i2v_tests (1.9 GB)
+    photo = _photo(srv, "svd_unchanged.png", seed=1)
+
+    first = _run(srv, _svd_clean(photo))
+    log = srv.log(tail=200_000)
+    assert "model_type V_PREDICTION_EDM" in log  # SVD_img2vid's model type, printed by the checkpoint loader
+    assert not [w for w in _MISSING_WARNINGS if w in log], "svd.safetensors lacks weights ComfyUI expects"
+    protect = _run(srv, _svd_protect(photo))
+    again = _run(srv, _svd_clean(_byte_copy(srv, photo, "svd_unchanged_copy.png")))
+
+    assert {"5", "8", "9", "10"} <= protect["executed"]
+    _assert_unchanged_model(srv, first, again, protect, loaders={"1", "2"}, resampled={"4", "13", "14", "15"},
+                            clean_ids=("16", "17"), protected_ids=("12", "18"), min_change=1.0)
