@@ -294,12 +294,25 @@ class ComfyServer:
         r.raise_for_status()
         return r.json().get(prompt_id)
 
+    TERMINAL_EVENTS = ("execution_success", "execution_error", "execution_interrupted")
+
     def wait(self, prompt_id: str, timeout: float = 120.0) -> dict:
-        """Wait until ``prompt_id`` is in ``/history`` (success, error or interrupted); returns the entry."""
+        """Wait until ``prompt_id`` is in ``/history`` (success, error or interrupted); returns the entry.
+
+        Also waits (briefly) for the prompt's terminal websocket message, which ComfyUI may deliver after the
+        history entry appears, so tests can read the prompt's websocket events right after this returns.
+        """
         deadline = time.monotonic() + timeout
         while True:
             entry = self.history(prompt_id)
             if entry is not None and entry.get("status", {}).get("completed") is not None:
+                if self._ws is not None:
+                    try:
+                        self.wait_event(lambda e: e.get("type") in self.TERMINAL_EVENTS
+                                        and isinstance(e.get("data"), dict)
+                                        and e["data"].get("prompt_id") == prompt_id, timeout=15.0, since=0)
+                    except ComfyError:
+                        pass  # a prompt served entirely from cache may end without one; the caller decides
                 return entry
             if not self.running:
                 raise ComfyError(f"ComfyUI died while running {prompt_id}:\n{self.log()}")
@@ -356,10 +369,10 @@ class ComfyServer:
                 inside = False
         return out
 
-    def wait_event(self, predicate, timeout: float = 60.0) -> dict:
-        """Block until a recorded websocket message satisfies ``predicate``; returns it."""
+    def wait_event(self, predicate, timeout: float = 60.0, since: int = 0) -> dict:
+        """Block until a recorded websocket message (from index ``since`` on) satisfies ``predicate``."""
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = since
         while True:
             with self._events_lock:
                 new = self._events[seen:]
