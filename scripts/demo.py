@@ -175,8 +175,26 @@ def main() -> int:
         f"SSIM {q['ssim'][0]:.4f}",
     ]
     if metrics:
-        lines += ["", "## Verification videos (clean vs protected, same seed)", "", "```json",
-                  json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2)[:3000], "```"]
+        def fig(path: list[str]):
+            v = metrics
+            for k in path:
+                v = v.get(k) if isinstance(v, dict) else None
+            return "n/a" if v is None else (f"{v:.4g}" if isinstance(v, (int, float)) else str(v))
+
+        lines += [
+            "", f"## Verification videos (clean vs protected photo, same seed, {fig(['settings', 'steps'])} steps, "
+            f"{fig(['settings', 'num_frames'])} frames)", "",
+            "| figure | value |", "|---|---|",
+            f"| video PSNR, clean vs protected (mean over frames) | {fig(['psnr', 'mean'])} dB |",
+            f"| video SSIM (mean) | {fig(['ssim', 'mean'])} |",
+            f"| latent distance (relative) | {fig(['latent_distance', 'relative'])} |",
+            f"| face identity to the photo, clean video (mean; detection rate) | {fig(['identity', 'clean', 'mean'])}; "
+            f"{fig(['identity', 'clean', 'detection_rate'])} |",
+            f"| face identity to the photo, protected video (mean; detection rate) | "
+            f"{fig(['identity', 'protected', 'mean'])}; {fig(['identity', 'protected', 'detection_rate'])} |",
+            "", "(random-weight videos contain no faces, so identity is n/a here; with real weights it is the ISM "
+            "figure of the paper.) All per-frame values are in metrics.json.",
+        ]
     lines += ["", "Files: original.png, protected.png, perturbation_view.png, attack_preview.webp, loss_curve.png, "
               "report.json, metrics.json; ComfyUI base folder (server log, outputs): comfyui/"]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
