@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--frames", type=int, help="video frames the surrogate sees (fewer: faster)")
     pr.add_argument("--dct-block", type=int, default=32, help="side k of the low-frequency DCT block")
     pr.add_argument("--restore-luminance", action="store_true", help="finish by restoring the original L*")
+    pr.add_argument("--robust-jpeg", type=int, default=0, metavar="Q",
+                    help="optimise through a differentiable JPEG of quality Q (1-100) so the protection survives "
+                         "re-encoding (default: 0, off)")
     pr.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: bf16 on GPU)")
     pr.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     pr.add_argument("--gradient-checkpointing", action="store_true", help="less memory, more time")
@@ -183,7 +186,7 @@ def cmd_protect(args) -> int:
     step_size = args.step_size if args.step_size is not None else preset["step_size"]
     try:
         dsp_cfg = DSPConfig(eps=eps, dct_block=args.dct_block, restore_luminance=args.restore_luminance)
-        loop_cfg = ProtectConfig(steps=steps, step_size=step_size, seed=args.seed)
+        loop_cfg = ProtectConfig(steps=steps, step_size=step_size, seed=args.seed, robust_jpeg=args.robust_jpeg)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     device = _resolve_device(args.device)

@@ -60,6 +60,10 @@ class ProtectConfig:
         seed: makes the result bit-identical on the same machine.
         quantize: snap the result to the 8-bit grid within the budget, so a saved PNG is exactly what was
             measured (turn off to keep float outputs).
+        robust_jpeg: 0 (off) or a JPEG quality 1-100: every iteration passes the protected image through
+            kornia's differentiable JPEG at that quality before the surrogate (expectation over the
+            transformation users ask for: protections should survive re-encoding). Simulated at the working
+            resolution, where it costs a few ms.
     """
 
     steps: int = 200
@@ -68,6 +72,7 @@ class ProtectConfig:
     optimizer: str = "sign"
     seed: int = 0
     quantize: bool = True
+    robust_jpeg: int = 0
 
     def __post_init__(self) -> None:
         if int(self.steps) != self.steps or self.steps < 0:
@@ -78,6 +83,8 @@ class ProtectConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if int(self.robust_jpeg) != self.robust_jpeg or not 0 <= self.robust_jpeg <= 100:
+            raise ValueError(f"robust_jpeg must be 0 (off) or a JPEG quality 1-100, got {self.robust_jpeg}")
 
     def step_at(self, it: int) -> float:
         """Step size (in [0, 1] pixel units) at iteration ``it``."""
@@ -219,6 +226,14 @@ def _as_objective(losses: Objective | LossTerm | Sequence[LossTerm]) -> Objectiv
     return Objective(tuple(losses))
 
 
+def _jpeg(image: Tensor, quality: int) -> Tensor:
+    """Differentiable JPEG round trip (kornia) at ``quality``."""
+    import kornia
+
+    q = torch.full((image.shape[0],), float(quality), device=image.device, dtype=image.dtype)
+    return kornia.enhance.jpeg_codec_differentiable(image, q).clamp(0.0, 1.0)
+
+
 def _free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -304,14 +319,17 @@ def protect(
                     with torch.no_grad():
                         tgt_feats = surrogate.features(tgt_work, draw, treq)
                 adv_full = dsp_mod.apply_dsp(x, params, perturbation)
-                adv_feats = surrogate.features(resize_to(adv_full, work), draw, req)
+                adv_work = resize_to(adv_full, work)
+                if config.robust_jpeg:
+                    adv_work = _jpeg(adv_work, config.robust_jpeg)
+                adv_feats = surrogate.features(adv_work, draw, req)
                 total, values = objective.evaluate(adv_feats, tgt_feats)
                 if not torch.isfinite(total):
                     raise FloatingPointError(
                         f"the objective became {float(total)} at iteration {it + 1}; try float32 or a smaller step_size"
                     )
                 grads = torch.autograd.grad(total, tensors, allow_unused=True)
-                del adv_feats, tgt_feats, adv_full
+                del adv_feats, tgt_feats, adv_full, adv_work
                 lr = config.step_at(it)
                 with torch.no_grad():
                     if adam is not None:

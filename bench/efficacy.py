@@ -125,7 +125,7 @@ def run_family(family: str, args) -> dict:
     objective = s.default_objective()
     res = protect(
         photo, s, objective, DSPConfig(eps=args.eps, dct_block=min(16, args.size)),
-        ProtectConfig(steps=args.steps, step_size=args.step_size, seed=args.seed),
+        ProtectConfig(steps=args.steps, step_size=args.step_size, seed=args.seed, robust_jpeg=args.robust_jpeg),
     )
     protected = quantize(res.protected)
     photos = {
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--frames", type=int, default=None, help="frames per video (default: the surrogate's)")
     ap.add_argument("--jpeg-quality", type=int, default=75)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--robust-jpeg", type=int, default=0,
+                    help="protect through a differentiable JPEG of this quality (0: off)")
     args = ap.parse_args(argv)
 
     from anti_i2v.metrics import json_safe

@@ -147,3 +147,12 @@ class TestProtect:
         assert diff <= 8
         f = protect(x, toy, OBJ, DSPConfig(eps=8, dct_block=8), ProtectConfig(steps=3, step_size=4, quantize=False))
         assert not torch.equal(f.protected * 255, (f.protected * 255).round())
+
+    def test_robust_jpeg(self, toy):
+        x = torch.rand(1, 3, 24, 32)
+        plain = protect(x, toy, OBJ, CFG, ProtectConfig(steps=3, step_size=2))
+        robust = protect(x, toy, OBJ, CFG, ProtectConfig(steps=3, step_size=2, robust_jpeg=75))
+        assert max(robust.linf) <= 16 + 1e-3 and not torch.equal(plain.protected, robust.protected)
+        assert robust.settings["loop"]["robust_jpeg"] == 75
+        with pytest.raises(ValueError, match="robust_jpeg"):
+            ProtectConfig(robust_jpeg=101)
