@@ -59,6 +59,9 @@ class ProtectLoop(io.ComfyNode):
                              tooltip="Seed of the timesteps and noise; the same seed gives the same result."),
                 io.Int.Input("frames", default=0, min=0, max=1024,
                              tooltip="Pixel frames the denoiser sees for this run; 0 keeps the surrogate's."),
+                io.Int.Input("robust_jpeg", default=0, min=0, max=100, optional=True,
+                             tooltip="0: off. A JPEG quality (e.g. 75): optimise through a differentiable JPEG every "
+                                     "iteration so the protection survives re-encoding."),
             ],
             outputs=[
                 io.Image.Output(display_name="protected", tooltip="Protected images, same size as the input."),
@@ -72,12 +75,12 @@ class ProtectLoop(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, surrogate, perturbation, losses, steps: int, step_size: float, schedule: str,
-                optimizer: str, seed: int, frames: int) -> io.NodeOutput:
+                optimizer: str, seed: int, frames: int, robust_jpeg: int = 0) -> io.NodeOutput:
         _check_sockets(surrogate, perturbation, losses)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         with runtime.node_errors(NODE_ID):
             config = ProtectConfig(steps=int(steps), step_size=float(step_size), schedule=schedule,
-                                   optimizer=optimizer, seed=int(seed))
+                                   optimizer=optimizer, seed=int(seed), robust_jpeg=int(robust_jpeg))
             if int(frames) < 0:
                 raise ValueError(f"frames must be >= 0 (0 keeps the surrogate's), got {frames}")
             with runtime.grad_enabled():

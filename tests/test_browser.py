@@ -39,6 +39,8 @@ import pytest
 from tests.browser import Chromium, find_chromium
 from tests.comfy_harness import PACK_NAME, ComfyServer, comfy_available
 
+REPO = Path(__file__).resolve().parents[1]
+
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
 PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_batch"]
@@ -211,6 +213,21 @@ def test_preset_loads_converts_and_runs(stack, name):
     # API prompts list every required input: spot-check the pack's widgets came through with their values
     loop = next(v for v in prompt.values() if v["class_type"] == LOOP)
     assert loop["inputs"]["steps"] == 200 and loop["inputs"]["optimizer"] == "sign"
+    # the Python converter the demo uses gives the frontend's prompt for the shipped preset
+    from scripts.comfy_workflow import ui_to_api
+
+    shipped = json.loads((REPO / "workflows" / f"{name}.json").read_text())
+    info = server.object_info()
+    mine = ui_to_api(shipped, info)
+
+    def declared(ctype):  # the frontend also sends display-only widgets (PreviewAny's "preview"); the server ignores them
+        spec = info[ctype]["input"]
+        return set(spec.get("required", {})) | set(spec.get("optional", {}))
+
+    theirs = {k: {"class_type": v["class_type"],
+                  "inputs": {i: x for i, x in v["inputs"].items() if i in declared(v["class_type"])}}
+              for k, v in prompt.items()}
+    assert mine == json.loads(json.dumps(theirs)), f"{name}: scripts/comfy_workflow.ui_to_api differs from graphToPrompt"
 
     prompt_id = server.post_prompt(_tiny(prompt, shipped_layers="svd" in name))
     entry = server.wait(prompt_id, timeout=240)
