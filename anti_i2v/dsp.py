@@ -40,6 +40,7 @@ __all__ = [
     "restore_luminance",
     "check_image",
     "quantize_8bit",
+    "check_mask",
 ]
 
 #: a*/b* units per parameter unit: 16/255 in RGB is a median of ~6.5 a* and ~8.2 b* units, i.e. ~100x.
@@ -132,6 +133,34 @@ def check_image(image: Tensor, name: str = "image") -> Tensor:
     return image.clamp(0, 1) if (lo < 0 or hi > 1) else image
 
 
+def check_mask(mask: Tensor | None, image: Tensor, name: str = "mask") -> Tensor | None:
+    """Validate a protection mask for ``image`` (B, 3, H, W): (H, W), (B|1, H, W) or (B|1, 1, H, W) in [0, 1].
+
+    Returns a (B|1, 1, H, W) float tensor on the image's device, or None.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or not mask.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor in [0, 1]")
+    m = mask
+    if m.ndim == 2:
+        m = m[None, None]
+    elif m.ndim == 3:
+        m = m[:, None]
+    if m.ndim != 4 or m.shape[1] != 1:
+        raise ValueError(f"{name} must have shape (H, W), (B, H, W) or (B, 1, H, W), got {tuple(mask.shape)}")
+    b, _, h, w = image.shape
+    if tuple(m.shape[-2:]) != (h, w):
+        raise ValueError(f"{name} is {m.shape[-2]}x{m.shape[-1]} but the image is {h}x{w}: they must match")
+    if m.shape[0] not in (1, b):
+        raise ValueError(f"{name} has a batch of {m.shape[0]}; it must be 1 or the image batch ({b})")
+    if not torch.isfinite(m).all() or float(m.min()) < 0 or float(m.max()) > 1:
+        raise ValueError(f"{name} must have finite values in [0, 1]")
+    if float(m.max()) == 0:
+        raise ValueError(f"{name} is all zero: nothing would be protected")
+    return m.to(device=image.device, dtype=image.dtype)
+
+
 def dct_matrix(n: int, k: int | None = None, *, device=None, dtype=torch.float32) -> Tensor:
     """The first ``k`` rows of the orthonormal DCT-II matrix of size ``n`` (shape (k, n))."""
     k = n if k is None else min(k, n)
@@ -182,11 +211,12 @@ def _upsample(field_: Tensor, height: int, width: int) -> Tensor:
     return F.interpolate(field_, size=(height, width), mode="bilinear", align_corners=False)
 
 
-def apply_dsp(image: Tensor, params: DSPParams, config: DSPConfig) -> Tensor:
+def apply_dsp(image: Tensor, params: DSPParams, config: DSPConfig, mask: Tensor | None = None) -> Tensor:
     """Perturb ``image`` (B, 3, H, W in [0, 1]) with the DSP ``params``; returns the projected image.
 
     The result is differentiable in ``params`` and lies in [0, 1] within ``config.eps`` of ``image`` in
-    RGB. With zero parameters it equals ``image`` exactly.
+    RGB. With zero parameters it equals ``image`` exactly. ``mask`` (B or 1, 1, H, W in [0, 1]) scales the
+    change per pixel: 0 leaves a pixel exactly as it was (e.g. protect only the face).
     """
     b, _, h, w = image.shape
     if params.lab.shape[0] != b or params.dct.shape[0] != b:
@@ -209,6 +239,8 @@ def apply_dsp(image: Tensor, params: DSPParams, config: DSPConfig) -> Tensor:
     delta = kornia.color.lab_to_rgb(lab + d_lab, clip=False) - kornia.color.lab_to_rgb(lab, clip=False)
     if config.dct_channels == "rgb":
         delta = delta + d_dct
+    if mask is not None:
+        delta = delta.clamp(-config.eps01, config.eps01) * mask
     return project_linf(image + delta, image, config.eps01)
 
 

@@ -248,6 +248,7 @@ def protect(
     config: ProtectConfig | None = None,
     *,
     target: Tensor | None = None,
+    mask: Tensor | None = None,
     callback: Callable[[Progress], bool | None] | None = None,
 ) -> ProtectResult:
     """Protect ``image`` against ``surrogate`` by minimising ``losses`` over a Dual-Space Perturbation.
@@ -259,6 +260,8 @@ def protect(
         perturbation: DSP settings (budget, DCT block, channels, split, L* restore).
         config: loop settings (steps, step size, schedule, optimiser, seed).
         target: (1 or B, 3, h, w) unrelated target image for IRA / encoder terms; a fixed pattern if None.
+        mask: optional (H, W), (1|B, H, W) or (1|B, 1, H, W) weights in [0, 1] at the photo's size: where the
+            perturbation may go (e.g. the face); 0 leaves pixels exactly as they are.
         callback: called after every iteration with :class:`Progress`; return ``False`` to stop early
             (the result is marked cancelled) or raise to abort.
 
@@ -281,6 +284,7 @@ def protect(
     start = time.perf_counter()
 
     x = x.detach().to(device=device, dtype=torch.float32).clone()
+    m = dsp_mod.check_mask(mask, x)
     tgt_work = None
     if not treq.empty:
         t = check_image(target, "target") if target is not None else default_target(*work)
@@ -308,6 +312,7 @@ def protect(
         "batch": b,
         "working_size": list(work),
         "budget_convention": "eps in 1/255 of the [0,1] pixel range (eps=8 equals 16/255 in [-1,1])",
+        "mask": None if mask is None else "given",
     }
 
     try:
@@ -318,7 +323,7 @@ def protect(
                 if tgt_work is not None:
                     with torch.no_grad():
                         tgt_feats = surrogate.features(tgt_work, draw, treq)
-                adv_full = dsp_mod.apply_dsp(x, params, perturbation)
+                adv_full = dsp_mod.apply_dsp(x, params, perturbation, m)
                 adv_work = resize_to(adv_full, work)
                 if config.robust_jpeg:
                     adv_work = _jpeg(adv_work, config.robust_jpeg)
@@ -357,9 +362,11 @@ def protect(
                         cancelled = True
                         break
             with torch.no_grad():
-                protected = dsp_mod.apply_dsp(x, DSPParams(*(p.detach() for p in tensors)), perturbation)
+                protected = dsp_mod.apply_dsp(x, DSPParams(*(p.detach() for p in tensors)), perturbation, m)
                 if perturbation.restore_luminance:
                     protected = dsp_mod.restore_luminance(protected, x, perturbation)
+                    if m is not None:
+                        protected = x + (protected - x) * m
                 if config.quantize and len(history):
                     protected = dsp_mod.quantize_8bit(protected, x, perturbation.eps01)
     except BaseException:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from anti_i2v.dsp import DSPConfig
 from anti_i2v.protect import OPTIMIZERS, SCHEDULES, ProtectConfig, protect
 from anti_i2v.surrogates.base import Surrogate
@@ -59,6 +61,9 @@ class ProtectLoop(io.ComfyNode):
                              tooltip="Seed of the timesteps and noise; the same seed gives the same result."),
                 io.Int.Input("frames", default=0, min=0, max=1024,
                              tooltip="Pixel frames the denoiser sees for this run; 0 keeps the surrogate's."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional MASK (same size as the image; e.g. painted in the mask editor): "
+                                      "where the perturbation may go, such as the face. 0 leaves pixels untouched."),
                 io.Int.Input("robust_jpeg", default=0, min=0, max=100, optional=True,
                              tooltip="0: off. A JPEG quality (e.g. 75): optimise through a differentiable JPEG every "
                                      "iteration so the protection survives re-encoding."),
@@ -75,7 +80,7 @@ class ProtectLoop(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, surrogate, perturbation, losses, steps: int, step_size: float, schedule: str,
-                optimizer: str, seed: int, frames: int, robust_jpeg: int = 0) -> io.NodeOutput:
+                optimizer: str, seed: int, frames: int, mask=None, robust_jpeg: int = 0) -> io.NodeOutput:
         _check_sockets(surrogate, perturbation, losses)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         with runtime.node_errors(NODE_ID):
@@ -92,10 +97,18 @@ class ProtectLoop(io.ComfyNode):
                         raise ValueError(
                             f"target_image has a batch of {target.shape[0]} but image has {x.shape[0]}: the "
                             f"target batch must be 1 or equal the image batch")
+                m = None
+                if mask is not None:
+                    m = mask.detach().to(dtype=torch.float32).clone()
+                    if m.ndim == 2:
+                        m = m.unsqueeze(0)
+                    if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):
+                        raise ValueError(f"mask is {m.shape[-2]}x{m.shape[-1]} but image is {x.shape[-2]}x"
+                                         f"{x.shape[-1]}: the mask must have the image's size")
                 callback = runtime.progress_callback(node_id, config.steps)
                 with runtime.frames_for_run(surrogate, int(frames)), runtime.loaded_for_run(surrogate):
                     result = protect(x, surrogate, losses.objective, perturbation, config, target=target,
-                                     callback=callback)
+                                     mask=m, callback=callback)
         report = runtime.to_json(result.report())
         view = runtime.perturbation_view(result.perturbation, perturbation.eps01)
         return io.NodeOutput(runtime.to_comfy_image(result.protected), runtime.to_comfy_image(view), report)

@@ -53,7 +53,7 @@ def srv(comfy_server: ComfyServer) -> ComfyServer:
 def graph(*, steps: int = 3, seed: int = 0, blocks: str = "3", image: str = PHOTO, folder: str = "tiny-cogvideox",
           preview: bool = False, extra: dict | None = None, image_link: list | None = None,
           target_link: list | None = None, pairs: str | None = "1:3", vae_layers: str = "3",
-          surrogate_inputs: dict | None = None) -> dict:
+          surrogate_inputs: dict | None = None, mask_link: list | None = None) -> dict:
     """LoadImage -> LoadSurrogateI2V -> DSPPerturb -> IRALoss -> IRCLoss -> ProtectLoop -> SaveImage (+ Preview).
 
     ``pairs=None`` leaves IRCLoss out (ProtectLoop takes the IRA chain directly).
@@ -77,6 +77,8 @@ def graph(*, steps: int = 3, seed: int = 0, blocks: str = "3", image: str = PHOT
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": f"anti_i2v_{seed}"}},
         "9": {"class_type": "PreviewAny", "inputs": {"source": ["6", 2]}},
     }
+    if mask_link is not None:
+        g["6"]["inputs"]["mask"] = mask_link
     if pairs is None:
         del g["5"]
         g["6"]["inputs"]["losses"] = ["4", 0]
@@ -130,18 +132,18 @@ def test_every_node_is_documented(srv):
 
 # ---------------------------------------------------------------------------------------------- success path
 def test_protect_chain_saves_protected_image_within_budget(srv):
-    t0 = time.monotonic()
     pid = srv.post_prompt(graph(steps=3, seed=1, preview=True))
     entry = srv.wait(pid, timeout=150)
     assert_success(srv, entry)
 
-    # the saved image: the input's size, within the budget (SaveImage truncates to uint8: at most 1 more)
+    # the saved image: the input's size, within the budget (the loop snaps to the 8-bit grid, so SaveImage's
+    # truncation adds nothing)
     (saved,) = srv.output_files(entry, "7")
     out = np.asarray(Image.open(saved).convert("RGB")).astype(int)
     src = np.asarray(Image.open(srv.input_dir / PHOTO).convert("RGB")).astype(int)
     assert out.shape == src.shape == (*PHOTO_HW, 3)
     linf = np.abs(out - src).max()
-    assert linf <= EPS + 1, f"L-inf {linf}/255 exceeds the budget {EPS}/255"
+    assert linf <= EPS, f"L-inf {linf}/255 exceeds the budget {EPS}/255"
     assert linf >= 1, "the protected image equals the input: nothing was optimised"
     # perturbation_view = |delta| / budget (white = the full budget), same size
     (view_file,) = srv.output_files(entry, "12")
@@ -174,7 +176,23 @@ def test_protect_chain_saves_protected_image_within_budget(srv):
     assert set(ours[0]["terms"]) == {"ira", "irc"}
     bars = [e["data"] for e in events if e["type"] == "progress" and e["data"].get("node") == "6"]
     assert bars and bars[-1]["value"] == bars[-1]["max"] == 3
-    assert time.monotonic() - t0 < 120
+
+
+def test_mask_keeps_unmasked_pixels_exact(srv):
+    h, w = PHOTO_HW
+    extra = {
+        "20": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": w, "height": h}},
+        "21": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": w // 2, "height": h}},
+        "22": {"class_type": "MaskComposite",
+               "inputs": {"destination": ["20", 0], "source": ["21", 0], "x": w // 2, "y": 0, "operation": "add"}},
+    }
+    entry = run(srv, graph(steps=3, seed=31, extra=extra, mask_link=["22", 0]))
+    assert_success(srv, entry)
+    (saved,) = srv.output_files(entry, "7")
+    out = np.asarray(Image.open(saved).convert("RGB")).astype(int)
+    src = np.asarray(Image.open(srv.input_dir / PHOTO).convert("RGB")).astype(int)
+    assert np.array_equal(out[:, : w // 2], src[:, : w // 2]), "pixels outside the mask changed"
+    assert np.abs(out[:, w // 2:] - src[:, w // 2:]).max() >= 2, "nothing was protected inside the mask"
 
 
 def test_rgba_input_is_protected_as_rgb(srv):
@@ -258,8 +276,7 @@ def test_interrupt_stops_within_an_iteration_and_server_continues(srv):
     srv.wait_event(started, timeout=60)
     t_int = time.monotonic()
     srv.interrupt()
-    entry = srv.wait(pid, timeout=60)
-    assert time.monotonic() - t_int < 15
+    entry = srv.wait(pid, timeout=60)  # the count of iterations after the interrupt is the criterion, not time
     kinds = [k for k, _ in ComfyServer.status_messages(entry)]
     assert "execution_interrupted" in kinds, entry["status"]
     steps = [e for e in srv.ws_events(types="anti_i2v.progress") if e["data"]["total"] == 5000]
@@ -284,6 +301,8 @@ BAD_CASES = {
     "not_i2v_folder": (dict(folder="not-i2v-sd15"), "AntiI2V_LoadSurrogateI2V",
                        ["not an image-to-video model", "StableDiffusionPipeline"]),
     "bad_index_text": (dict(blocks="3-x"), "AntiI2V_IRALoss", ["blocks", "3-x"]),
+    "mask_size": (dict(extra={"11": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 8, "height": 8}}},
+                       mask_link=["11", 0]), "AntiI2V_ProtectLoop", ["mask is 8x8", "image's size"]),
 }
 
 

@@ -156,3 +156,23 @@ class TestProtect:
         assert robust.settings["loop"]["robust_jpeg"] == 75
         with pytest.raises(ValueError, match="robust_jpeg"):
             ProtectConfig(robust_jpeg=101)
+
+    def test_mask_limits_the_change(self, toy):
+        x = torch.randint(0, 256, (1, 3, 24, 32)).float() / 255
+        mask = torch.zeros(24, 32)
+        mask[:, 16:] = 1.0
+        for restore in (False, True):
+            cfg = DSPConfig(eps=16, dct_block=8, restore_luminance=restore)
+            r = protect(x, toy, OBJ, cfg, ProtectConfig(steps=3, step_size=4), mask=mask)
+            assert torch.equal(r.protected[..., :16], x[..., :16])
+            assert float((r.protected[..., 16:] - x[..., 16:]).abs().max()) > 4 / 255
+            assert r.settings["mask"] == "given"
+
+    @pytest.mark.parametrize(
+        "mask, match",
+        [(torch.ones(10, 10), "must match"), (torch.zeros(24, 32), "all zero"), (torch.ones(3, 24, 32), "batch"),
+         (torch.full((24, 32), 2.0), r"\[0, 1\]"), (torch.ones(24, 32, dtype=torch.int64), "floating")],
+    )
+    def test_bad_mask(self, toy, mask, match):
+        with pytest.raises(ValueError, match=match):
+            protect(torch.rand(1, 3, 24, 32), toy, OBJ, CFG, ProtectConfig(steps=1), mask=mask)
