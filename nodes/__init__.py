@@ -4,6 +4,7 @@ The literal mappings below are what ComfyUI loads and what ComfyUI-Manager's sca
 permanent (saved workflows refer to them).
 """
 
+from .inspect_nodes import LayerPCA
 from .loss_nodes import BaselineLossNode, DSPPerturb, IRALossNode, IRCLossNode
 from .preview_nodes import PreviewAttackVideo
 from .protect_nodes import ProtectLoop
@@ -17,6 +18,7 @@ NODE_CLASS_MAPPINGS = {
     "AntiI2V_BaselineLoss": BaselineLossNode,
     "AntiI2V_ProtectLoop": ProtectLoop,
     "AntiI2V_PreviewAttackVideo": PreviewAttackVideo,
+    "AntiI2V_LayerPCA": LayerPCA,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -27,6 +29,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AntiI2V_BaselineLoss": "Baseline Loss (AdvDM / PhotoGuard)",
     "AntiI2V_ProtectLoop": "Protect Image (Anti-I2V)",
     "AntiI2V_PreviewAttackVideo": "Preview Attack Video (Anti-I2V)",
+    "AntiI2V_LayerPCA": "Layer PCA Maps (Anti-I2V)",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -27,6 +27,7 @@ NODE_IDS = [
     "AntiI2V_BaselineLoss",
     "AntiI2V_ProtectLoop",
     "AntiI2V_PreviewAttackVideo",
+    "AntiI2V_LayerPCA",
 ]
 EPS = 16.0
 PHOTO = "anti_i2v_photo.png"
@@ -115,6 +116,8 @@ def text_output(entry: dict, node: str) -> str:
 # ---------------------------------------------------------------------------------------------- schema
 def test_every_node_is_documented(srv):
     info = srv.object_info()
+    ours = sorted(k for k in info if k.startswith("AntiI2V_"))
+    assert ours == sorted(NODE_IDS), f"nodes on the server {ours} != the documented list {sorted(NODE_IDS)}"
     for node in NODE_IDS:
         assert node in info, f"{node} missing from /object_info; server log:\n{srv.log()}"
         spec = info[node]
