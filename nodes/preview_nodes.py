@@ -12,6 +12,7 @@ import string
 import torch
 
 from anti_i2v.surrogates.base import Surrogate
+from anti_i2v.verify import verify
 
 from . import runtime
 from .comfy import CATEGORY, SurrogateType, io, ui
@@ -20,22 +21,6 @@ __all__ = ["PreviewAttackVideo"]
 
 NODE_ID = "AntiI2V_PreviewAttackVideo"
 PREVIEW_FPS = 8.0
-
-
-def _verify(surrogate, clean: torch.Tensor, protected: torch.Tensor, steps: int, seed: int,
-            num_frames: int | None) -> dict:
-    """anti_i2v.verify.verify, or two plain generations when the library has no verify module."""
-    try:
-        from anti_i2v.verify import verify
-    except ImportError:
-        verify = None
-    if verify is not None:
-        return verify(surrogate, clean, protected, steps=steps, seed=seed, num_frames=num_frames)
-    kwargs = {"num_inference_steps": steps, "seed": seed}
-    if num_frames is not None:
-        kwargs["num_frames"] = num_frames
-    videos = [surrogate.generate(x, **kwargs).float().cpu() for x in (clean, protected)]
-    return {"clean_video": videos[0], "protected_video": videos[1], "metrics": {}}
 
 
 def _save_side_by_side(clean: torch.Tensor, protected: torch.Tensor, cls) -> ui.SavedImages:
@@ -97,7 +82,8 @@ class PreviewAttackVideo(io.ComfyNode):
                 raise ValueError(f"clean_image is {clean.shape[-2]}x{clean.shape[-1]} but protected_image is "
                                  f"{protected.shape[-2]}x{protected.shape[-1]}: they must have the same size")
             with runtime.loaded_for_run(surrogate):
-                out = _verify(surrogate, clean, protected, int(steps), int(seed), int(frames) or None)
+                out = verify(surrogate, clean, protected, steps=int(steps), seed=int(seed),
+                             num_frames=int(frames) or None)
         clean_video = runtime.to_comfy_image(out["clean_video"])
         protected_video = runtime.to_comfy_image(out["protected_video"])
         preview = _save_side_by_side(clean_video, protected_video, cls)

@@ -97,10 +97,8 @@ def to_json(obj) -> str:
     """Strict JSON text (non-finite floats as strings) for STRING outputs that other tools parse."""
     import json
 
-    try:
-        from anti_i2v.metrics import json_safe
-    except ImportError:  # an older library without json_safe
-        return json.dumps(obj, default=str)
+    from anti_i2v.metrics import json_safe
+
     return json.dumps(json_safe(obj))
 
 
