@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Protect photos against image-to-video diffusion models.")
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders of images")
     pr.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    pr.add_argument("--surrogate", choices=["cogvideox", "wan21", "svd"], default="cogvideox",
-                    help="I2V model family to attack (default: cogvideox)")
+    pr.add_argument("--surrogate", choices=["auto", "cogvideox", "wan21", "svd"], default="auto",
+                    help="I2V model family to attack (default: auto, read from --model's model_index.json; "
+                         "cogvideox with --demo)")
     pr.add_argument("--model", metavar="DIR", help="local diffusers-format folder of the surrogate's weights")
     pr.add_argument("--demo", action="store_true", help="use tiny built-in random models (protects nothing real)")
     pr.add_argument("--preset", choices=["low", "default", "high"], default="default", help="strength preset")
@@ -198,10 +199,18 @@ def cmd_protect(args) -> int:
 
     if args.demo:
         print(DEMO_BANNER, file=sys.stderr)
-        surrogate = tiny_surrogate(args.surrogate, seed=0, **kw).to(device)
+        family = "cogvideox" if args.surrogate == "auto" else args.surrogate
+        surrogate = tiny_surrogate(family, seed=0, **kw).to(device)
     else:
+        from .surrogates.detect import detect_family
+
         try:
-            surrogate = load_surrogate(args.surrogate, args.model, dtype=dtype, device=device,
+            family = args.surrogate
+            if family == "auto":
+                if not Path(args.model).is_dir():
+                    raise SurrogateError(f"model folder {args.model!r} does not exist or is not a folder")
+                family = detect_family(Path(args.model))
+            surrogate = load_surrogate(family, args.model, dtype=dtype, device=device,
                                        gradient_checkpointing=args.gradient_checkpointing, **kw)
         except (SurrogateError, OSError, ValueError) as exc:
             raise UsageError(f"--model {args.model}: {exc}") from None

@@ -11,36 +11,23 @@ Two sources:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
 from anti_i2v.surrogates import FAMILIES, load_surrogate
+from anti_i2v.surrogates.detect import SUPPORTED as _SUPPORTED
+from anti_i2v.surrogates.detect import detect_family
 
 from . import runtime
 from .comfy import CATEGORY, SurrogateType, io
 
-__all__ = ["LoadSurrogateI2V", "detect_family", "diffusers_folders"]
+__all__ = ["LoadSurrogateI2V", "diffusers_folders"]
 
 NODE_ID = "AntiI2V_LoadSurrogateI2V"
 NONE_FOLDER = "(none)"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-#: diffusers class names (pipeline or denoiser) that identify each supported image-to-video family
-_I2V_CLASSES = {
-    "CogVideoXImageToVideoPipeline": "cogvideox",
-    "WanImageToVideoPipeline": "wan21",
-    "StableVideoDiffusionPipeline": "svd",
-    "UNetSpatioTemporalConditionModel": "svd",
-}
-#: class names of models that are not image-to-video (or not a supported family), for a clear refusal
-_NOT_I2V_HINTS = ("CogVideoXPipeline", "CogVideoXVideoToVideoPipeline", "WanPipeline", "WanVideoToVideoPipeline",
-                  "StableDiffusion", "Flux", "LTX", "Hunyuan", "Mochi", "AnimateDiff", "PixArt", "Sana")
-_SUPPORTED = "CogVideoX-5B-I2V, Wan 2.1 I2V or Stable Video Diffusion (img2vid)"
-#: optional settings file in a model folder: {"working_size": [height, width]} (e.g. fine-tunes, test models)
-
 
 def diffusers_folders() -> list[str]:
     """Subfolders of ComfyUI's ``diffusers`` model folders (``models/diffusers`` and extra paths)."""
@@ -61,53 +48,6 @@ def _resolve_folder(name: str) -> Path:
         if path.is_dir():
             return path
     raise ValueError(f"{NODE_ID}: folder {name!r} is not in ComfyUI's models/diffusers folder")
-
-
-def _class_name(path: Path) -> str | None:
-    try:
-        return json.loads(path.read_text()).get("_class_name")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _transformer_config(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "transformer" / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def detect_family(folder: Path) -> str:
-    """The surrogate family of a diffusers folder, read from ``model_index.json`` or the denoiser's config.
-
-    Raises:
-        ValueError: the folder holds a model that is not a supported image-to-video model (e.g. text-to-video
-            CogVideoX, which conditions on no image), naming what was found.
-    """
-    names = [n for n in (_class_name(folder / "model_index.json"), _class_name(folder / "transformer" / "config.json"),
-                         _class_name(folder / "unet" / "config.json")) if n]
-    for n in names:
-        if n in _I2V_CLASSES:
-            return _I2V_CLASSES[n]
-    tcfg = _transformer_config(folder)
-    if "CogVideoXTransformer3DModel" in names:
-        if tcfg.get("in_channels") == 32:  # image latent concatenated on channels: the I2V variant
-            return "cogvideox"
-        raise ValueError(
-            f"{NODE_ID}: {folder.name!r} is a text-to-video CogVideoX (in_channels={tcfg.get('in_channels')}); "
-            f"an image-to-video model is needed: {_SUPPORTED}")
-    if "WanTransformer3DModel" in names:
-        if tcfg.get("image_dim") or tcfg.get("in_channels") == 36:
-            return "wan21"
-        raise ValueError(
-            f"{NODE_ID}: {folder.name!r} is a text-to-video Wan model (no image conditioning); "
-            f"an image-to-video model is needed: {_SUPPORTED}")
-    found = ", ".join(names) or "no model_index.json or denoiser config"
-    if any(h in n for n in names for h in _NOT_I2V_HINTS):
-        raise ValueError(f"{NODE_ID}: {folder.name!r} is not an image-to-video model ({found}); "
-                         f"connect {_SUPPORTED}")
-    raise ValueError(f"{NODE_ID}: cannot tell which I2V family {folder.name!r} is ({found}); "
-                     f"set family to one of {', '.join(FAMILIES)} or use {_SUPPORTED}")
 
 
 class LoadSurrogateI2V(io.ComfyNode):
@@ -161,11 +101,8 @@ class LoadSurrogateI2V(io.ComfyNode):
             raise ValueError(f"{NODE_ID}: frames must be >= 1, got {frames}")
         with runtime.node_errors(NODE_ID), runtime.grad_enabled():
             if model is not None:
-                try:
-                    from .native import native_surrogate
-                except ImportError as exc:
-                    raise ValueError(f"native ComfyUI models are not supported by this install ({exc}); "
-                                     f"pick a diffusers folder instead") from exc
+                from .native import native_surrogate
+
                 surrogate = native_surrogate(model=model, vae=vae, clip_vision=clip_vision, positive=positive,
                                              family=family, frames=int(frames), dtype=DTYPES[dtype])
                 surrogate.gradient_checkpointing = bool(gradient_checkpointing)

@@ -106,7 +106,7 @@ class TestCLI:
 
         folder = save_tiny("svd", tmp_path / "svd-tiny")
         out = tmp_path / "out"
-        assert _run(photos / "a.png", "--out", out, "--surrogate", "svd", "--model", folder, *FAST) == 0
+        assert _run(photos / "a.png", "--out", out, "--model", folder, *FAST) == 0  # --surrogate auto
         rep = json.loads((out / "a.report.json").read_text())
         assert rep["settings"]["surrogate"]["family"] == "svd" and not rep["demo"]
 
