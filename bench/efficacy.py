@@ -89,12 +89,17 @@ def _sig(x: float, digits: int = 5) -> float:
 
 def _summary(drift: dict) -> dict:
     lat = drift["latent_distance"]
-    return {
+    out = {
         "psnr_db": _sig(drift["psnr"]["mean"], 6),
         "ssim": _sig(drift["ssim"]["mean"], 6),
         "latent_mse": _sig(lat["mean"]),
         "latent_relative": _sig(lat["relative"]),
     }
+    if drift.get("identity"):
+        ident = drift["identity"]["protected"]
+        out["identity_to_photo"] = ident.get("mean")
+        out["face_detection_rate"] = ident.get("detection_rate")
+    return out
 
 
 def _winner(drifts: dict) -> dict:
@@ -116,11 +121,16 @@ def run_family(family: str, args) -> dict:
     from anti_i2v.dsp import DSPConfig
     from anti_i2v.metrics import image_quality
     from anti_i2v.protect import ProtectConfig, protect
-    from anti_i2v.surrogates import tiny_surrogate
+    from anti_i2v.surrogates import load_surrogate, tiny_surrogate
     from anti_i2v.verify import compare_videos, generate_video
 
     t0 = time.perf_counter()
-    s = tiny_surrogate(family, seed=args.seed)
+    if args.model:
+        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                              ("cpu" if args.device == "auto" else args.device))
+        s = load_surrogate(family, args.model, dtype=getattr(torch, args.dtype), device=device)
+    else:
+        s = tiny_surrogate(family, seed=args.seed)
     photo = quantize(_astronaut(args.size))
     objective = s.default_objective()
     res = protect(
@@ -138,7 +148,8 @@ def run_family(family: str, args) -> dict:
         return generate_video(s, img, steps=args.gen_steps, seed=args.seed, num_frames=args.frames)
 
     def drift(ref, vid):
-        return _summary(compare_videos(ref, vid, encoder=s, faces=False, seed=args.seed))
+        src = photo if args.model else None  # identity (ISM) only means something with real weights
+        return _summary(compare_videos(ref, vid, source=src, encoder=s, faces=bool(args.model), seed=args.seed))
 
     q = args.jpeg_quality
     clean_v = video(photo)
@@ -174,12 +185,25 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--robust-jpeg", type=int, default=0,
                     help="protect through a differentiable JPEG of this quality (0: off)")
+    ap.add_argument("--model", help="a local diffusers folder of REAL weights (one family in --families, or 'auto')")
+    ap.add_argument("--device", default="auto", help="with --model: cpu, cuda ... (default: auto)")
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                    help="with --model: model dtype (default: bfloat16)")
     args = ap.parse_args(argv)
 
     from anti_i2v.metrics import json_safe
     from anti_i2v.surrogates import FAMILIES
 
     families = [f.strip() for f in args.families.split(",") if f.strip()]
+    if args.model:
+        if families == ["auto"] or args.families == ap.get_default("families"):
+            from pathlib import Path
+
+            from anti_i2v.surrogates.detect import detect_family
+
+            families = [detect_family(Path(args.model))]
+        if len(families) != 1:
+            ap.error("--model loads one model: give one family in --families (or 'auto')")
     unknown = [f for f in families if f not in FAMILIES]
     if not families or unknown:
         ap.error(f"--families: unknown {unknown or 'empty list'}; choose from {', '.join(FAMILIES)}")
@@ -193,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     t0 = time.perf_counter()
     report = {
-        "note": NOTE,
+        "note": NOTE if not args.model else f"real weights from {args.model}",
         "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"families": families},
         "controls": {
             "uniform_noise": "i.i.d. uniform noise in [-eps, eps] per pixel (same L-inf budget, less energy)",
