@@ -201,16 +201,23 @@ class EncoderLoss(LossTerm):
 
 @dataclass(frozen=True)
 class Objective:
-    """A sum of weighted loss terms; ``a + b`` chains terms (as the ComfyUI loss nodes do)."""
+    """A sum of weighted loss terms; ``a + b`` chains terms (as the ComfyUI loss nodes do).
+
+    ``notes`` are human-readable remarks that travel into every report (e.g. a default term that could not
+    apply to this model and was left out): nothing about an objective is dropped silently.
+    """
 
     terms: tuple[LossTerm, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "terms", tuple(self.terms))
+        object.__setattr__(self, "notes", tuple(self.notes))
 
     def __add__(self, other: "LossTerm | Objective") -> "Objective":
         more = other.terms if isinstance(other, Objective) else (other,)
-        return Objective(self.terms + tuple(more))
+        notes = self.notes + (other.notes if isinstance(other, Objective) else ())
+        return Objective(self.terms + tuple(more), notes)
 
     def __len__(self) -> int:
         return len(self.terms)

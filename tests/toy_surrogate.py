@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from anti_i2v.surrogates.base import FeatureRequest, Features, NoiseDraw, Surrogate
+from anti_i2v.surrogates.base import Conditioning, NoiseDraw, Surrogate
 
 
 class ToySurrogate(Surrogate):
@@ -46,17 +46,25 @@ class ToySurrogate(Surrogate):
         noise = torch.randn(batch, 4, h // 2, w // 2, generator=generator)
         return NoiseDraw(timestep=t.to(self.device), noise=noise.to(self.device))
 
-    def _forward(self, image, draw: NoiseDraw, request: FeatureRequest, out: Features) -> None:
+    def encode(self, image):
         self.calls += 1
         z = self.encoder(image * 2 - 1)
-        out.latent = z
-        if not request.needs_denoiser:
-            return
+        return Conditioning(latent=z, parts={"concat": z})
+
+    def clean_latent(self, cond):
+        return cond.latent.float()
+
+    def noisy_latent(self, x0, draw: NoiseDraw):
         a = (draw.timestep.float() / 1000).view(-1, 1, 1, 1)
-        x = torch.cat([(1 - a) * z + a * draw.noise, z], dim=1)
+        return (1 - a) * x0 + a * draw.noise
+
+    def prediction_target(self, x0, draw: NoiseDraw):
+        return draw.noise
+
+    def denoise(self, cond, noisy, draw: NoiseDraw):
+        x = torch.cat([noisy.to(cond.parts["concat"].dtype), cond.parts["concat"]], dim=1)
         for i, blk in enumerate(self.net):
             if self.fail_at_block is not None and i == self.fail_at_block:
                 raise RuntimeError("toy failure")
             x = blk(x)
-        out.output = self.head(x)
-        out.target = draw.noise
+        return self.head(x)

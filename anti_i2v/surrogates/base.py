@@ -12,6 +12,22 @@ The image enters the denoiser exactly as the diffusers pipeline of the family fe
 documents how; tests compare the denoiser's inputs with the real pipeline's on tiny configs). The forward
 stops right after the deepest block any loss needs (early exit), which gives the same gradients as the
 full forward. Hooks live only for the duration of one call.
+
+**One z_t for both passes** (Anti-I2V Eq. 3-4: ``eps^m(z_t, z_xi, t, y)`` against ``eps^m(z_t, z_psi, t, y)``):
+a forward pass is split into what the photo contributes, :meth:`Surrogate.encode` (the image conditioning: VAE
+latent, CLIP tokens, masks) and the rest, which every family implements the same way:
+
+* :meth:`Surrogate.clean_latent` turns a conditioning into the video latent ``x0`` the forward process starts
+  from (the "still video" of the photo, in the family's latent convention);
+* :meth:`Surrogate.noisy_latent` applies the forward process: ``z_t`` from ``x0``, the timestep and the noise;
+* :meth:`Surrogate.denoise` runs the denoiser on ``z_t`` with a conditioning;
+* :meth:`Surrogate.prediction_target` is the training target for ``x0`` (AdvDM's diffusion loss).
+
+The protect loop encodes the **clean** photo once per run (no gradient) and passes its ``x0`` as ``clean=`` to
+both the target pass and the adversarial pass of an iteration: they see one ``z_t``, and the perturbation's
+gradient flows only through the image conditioning, the path the sampler takes at inference (where ``z_t``
+comes from the sampler, not from the photo). Without ``clean=`` a pass builds ``z_t`` from its own image
+(AdvDM's definition: the perturbed image's own denoising loss).
 """
 
 from __future__ import annotations
@@ -28,6 +44,7 @@ __all__ = [
     "FeatureRequest",
     "Features",
     "NoiseDraw",
+    "Conditioning",
     "Surrogate",
     "SurrogateError",
     "first_tensor",
@@ -48,19 +65,24 @@ class FeatureRequest:
         vae_layers: indices into :attr:`Surrogate.vae_layer_names` whose outputs are captured.
         need_output: run the denoiser to the end and return its prediction (and the prediction target).
         need_latent: return the image latent (as the pipeline scales it).
+        own_latent: build ``z_t`` from the passed image itself (AdvDM), not from the shared clean latent.
     """
 
     blocks: frozenset[int] = frozenset()
     vae_layers: frozenset[int] = frozenset()
     need_output: bool = False
     need_latent: bool = False
+    own_latent: bool = False
 
     def merge(self, other: "FeatureRequest") -> "FeatureRequest":
+        if self.own_latent != other.own_latent and not (self.empty or other.empty):
+            raise ValueError("cannot merge a request on the shared z_t with one on the image's own z_t")
         return FeatureRequest(
             blocks=self.blocks | other.blocks,
             vae_layers=self.vae_layers | other.vae_layers,
             need_output=self.need_output or other.need_output,
             need_latent=self.need_latent or other.need_latent,
+            own_latent=self.own_latent or other.own_latent,
         )
 
     @property
@@ -81,6 +103,35 @@ class Features:
     latent: Tensor | None = None
     output: Tensor | None = None
     target: Tensor | None = None
+    #: the noisy video latent z_t the denoiser saw (None when the denoiser did not run)
+    noisy: Tensor | None = None
+
+
+@dataclass
+class Conditioning:
+    """What one image batch contributes to the denoiser (the output of :meth:`Surrogate.encode`).
+
+    Attributes:
+        latent: the image latent as the family's pipeline scales it (``Features.latent``; PhotoGuard's target).
+        parts: family specific tensors the denoiser takes (concatenated latent, mask, CLIP tokens, ...).
+        vae: VAE-encoder layer outputs captured while encoding (index -> tensor).
+    """
+
+    latent: Tensor
+    parts: dict = field(default_factory=dict)
+    vae: dict[int, Tensor] = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return int(self.latent.shape[0])
+
+    def detach(self) -> "Conditioning":
+        """A copy without autograd history (for conditionings cached once per run)."""
+        def d(v):
+            return v.detach() if isinstance(v, Tensor) else v
+
+        return Conditioning(d(self.latent), {k: d(v) for k, v in self.parts.items()},
+                            {k: d(v) for k, v in self.vae.items()})
 
 
 @dataclass
@@ -181,13 +232,34 @@ class Surrogate(abc.ABC):
         """Draw the timestep and noise for one iteration (on CPU with ``generator``, then moved)."""
 
     @abc.abstractmethod
-    def _forward(self, image: Tensor, draw: NoiseDraw, request: FeatureRequest, out: Features) -> None:
-        """Encode ``image`` (B, 3, H, W in [0, 1]) and run the denoiser as the pipeline would.
+    def encode(self, image: Tensor) -> Conditioning:
+        """The image conditioning of ``image`` (B, 3, H, W in [0, 1] at :meth:`working_size`), differentiable.
 
-        Must fill ``out.latent`` (always) and, when the denoiser runs to the end, ``out.output`` and
-        ``out.target``. Must skip the denoiser when ``request.needs_denoiser`` is false. Hooks installed by
-        the base class capture blocks and VAE layers; the early exit surfaces as an exception the base
-        class catches.
+        Everything the photo contributes to the denoiser, exactly as the family's pipeline builds it. The VAE
+        encoder runs here (and only here), so VAE-layer hooks see the photo.
+        """
+
+    @abc.abstractmethod
+    def clean_latent(self, cond: Conditioning) -> Tensor:
+        """The video latent ``x0`` the forward process starts from: the still video of the conditioned photo.
+
+        float32, the shape of ``sample_noise(...).noise`` for the family (a documented exception: native
+        surrogates draw their noise from a seed at this shape).
+        """
+
+    @abc.abstractmethod
+    def noisy_latent(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
+        """The forward process: ``z_t`` from ``x0`` at ``draw.timestep`` with ``draw.noise`` (float32)."""
+
+    @abc.abstractmethod
+    def prediction_target(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
+        """What the denoiser is trained to predict for ``x0`` at this draw (v, epsilon, flow, x0), float32."""
+
+    @abc.abstractmethod
+    def denoise(self, cond: Conditioning, noisy: Tensor, draw: NoiseDraw) -> Tensor:
+        """Run the denoiser on ``noisy`` (z_t) conditioned on ``cond`` as the pipeline would; returns the prediction.
+
+        Block hooks installed by the base class capture features and may stop the forward early.
         """
 
     # ----------------------------------------------------------------- shared
@@ -247,25 +319,82 @@ class Surrogate(abc.ABC):
                 f"valid indices are 0-{nv - 1} ({nv} layers)"
             )
 
-    def features(self, image: Tensor, draw: NoiseDraw, request: FeatureRequest) -> Features:
-        """Run the surrogate on ``image`` and capture what ``request`` asks for.
+    def encode_image(self, image: Tensor, vae_layers: frozenset[int] | set[int] = frozenset()) -> Conditioning:
+        """:meth:`encode` with the outputs of the VAE-encoder layers ``vae_layers`` captured into ``cond.vae``.
+
+        Each layer keeps its *first* call (encoders that run in temporal chunks, like Wan's, see the photo first).
+        """
+        self.validate_request(FeatureRequest(vae_layers=frozenset(vae_layers)))
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise SurrogateError(f"image must have shape (B, 3, H, W), got {tuple(image.shape)}")
+        layers = self.vae_encoder_layers()
+        captured: dict[int, Tensor] = {}
+
+        def vae_hook(index: int):
+            def hook(_module, _args, output):
+                captured.setdefault(index, first_tensor(output))
+
+            return hook
+
+        handles = [layers[i][1].register_forward_hook(vae_hook(i)) for i in sorted(vae_layers)]
+        try:
+            cond = self.encode(image)
+        finally:
+            for h in handles:
+                h.remove()
+        cond.vae = {**cond.vae, **captured}
+        return cond
+
+    def features(
+        self,
+        image: Tensor | None,
+        draw: NoiseDraw,
+        request: FeatureRequest,
+        *,
+        clean: Tensor | None = None,
+        cond: Conditioning | None = None,
+    ) -> Features:
+        """Run the surrogate on ``image`` (or a cached conditioning) and capture what ``request`` asks for.
 
         Args:
-            image: (B, 3, H, W) in [0, 1] at :meth:`working_size`; may require grad.
+            image: (B, 3, H, W) in [0, 1] at :meth:`working_size`; may require grad. None when ``cond`` is given.
             draw: timestep and noise from :meth:`sample_noise`.
             request: which blocks, VAE layers and outputs to capture.
+            clean: the shared clean video latent ``x0`` (:meth:`clean_latent` of the clean photo): ``z_t`` is built
+                from it, so two passes with the same ``draw`` and ``clean`` see the same ``z_t`` (Anti-I2V's IRA).
+                Ignored when ``request.own_latent`` (AdvDM). None: ``z_t`` from this image's own latent.
+            cond: a conditioning computed earlier with :meth:`encode_image` (e.g. the target image's, cached
+                once per run); its ``vae`` entries must cover ``request.vae_layers``.
 
         Returns:
             :class:`Features` whose tensors carry the graph back to ``image``.
         """
         self.validate_request(request)
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise SurrogateError(f"image must have shape (B, 3, H, W), got {tuple(image.shape)}")
         out = Features()
+        if cond is None:
+            if image is None:
+                raise SurrogateError("features: pass an image or a cached conditioning")
+            cond = self.encode_image(image, request.vae_layers)
+        missing_vae = sorted(request.vae_layers - cond.vae.keys())
+        if missing_vae:
+            raise SurrogateError(f"the cached conditioning has no VAE-encoder layer(s) {missing_vae}")
+        out.latent = cond.latent
+        out.vae = {i: cond.vae[i] for i in request.vae_layers}
+        if not request.needs_denoiser:
+            return out
+        if clean is None or request.own_latent:
+            x0 = self.clean_latent(cond)
+        else:
+            x0 = clean
+            if x0.shape[0] != cond.batch:
+                if x0.shape[0] != 1:
+                    raise SurrogateError(f"clean latent batch ({x0.shape[0]}) must be 1 or the image batch ({cond.batch})")
+                x0 = x0.expand(cond.batch, *x0.shape[1:])
+        noisy = self.noisy_latent(x0, draw)
+        out.noisy = noisy
         deepest = max(request.blocks) if request.blocks else -1
         stop_early = self.early_exit and not request.need_output and deepest >= 0
         blocks = self.denoiser_blocks()
-        vae_layers = self.vae_encoder_layers()
 
         def block_hook(index: int):
             def hook(_module, _args, output):
@@ -276,24 +405,15 @@ class Surrogate(abc.ABC):
 
             return hook
 
-        def vae_hook(index: int):
-            # first call only: encoders that run in temporal chunks (Wan) see the image itself first
-            def hook(_module, _args, output):
-                out.vae.setdefault(index, first_tensor(output))
-
-            return hook
-
         handles = []
         try:
-            if request.blocks:
-                for i, (_, mod) in enumerate(blocks[: deepest + 1]):
-                    if i in request.blocks:
-                        handles.append(mod.register_forward_hook(block_hook(i)))
-            for i in request.vae_layers:
-                handles.append(vae_layers[i][1].register_forward_hook(vae_hook(i)))
+            for i in sorted(request.blocks):
+                handles.append(blocks[i][1].register_forward_hook(block_hook(i)))
             with self._checkpointing():
                 try:
-                    self._forward(image, draw, request, out)
+                    pred = self.denoise(cond, noisy, draw)
+                    out.output = pred.float()
+                    out.target = self.prediction_target(x0, draw)
                 except _EarlyExit:
                     pass
         finally:
@@ -343,9 +463,13 @@ class Surrogate(abc.ABC):
         nv = self.num_vae_layers
         vae = tuple(range(max(nv - 2, 0), nv))
         terms = [IRALoss(blocks=(deep,), vae_layers=vae, weight=1.0)]
+        notes: list[str] = []
         if deep != shallow and self.block_shapes_match(shallow, deep):
             terms.append(IRCLoss(pairs=((shallow, deep),), weight=1.0))
-        return Objective(tuple(terms))
+        else:
+            notes.append(f"IRC left out: {self.family} has no shallow/deep block pair of one shape near "
+                         f"blocks {shallow} and {deep}")
+        return Objective(tuple(terms), tuple(notes))
 
     def block_shapes_match(self, i: int, j: int) -> bool:
         """Whether blocks ``i`` and ``j`` output features of one shape (IRC needs it). DiTs: always."""
