@@ -1,21 +1,39 @@
-"""Dual-Space Perturbation (DSP), Anti-I2V Sec. 3.1.
+"""Dual-Space Perturbation (DSP), Anti-I2V Sec. 3.1, with numerics that keep it imperceptible.
 
-The perturbation has two parts, both optimised by the protect loop:
+The perturbation lives in two spaces, both optimised by the protect loop (paper Eq. 1-2):
 
-* a colour part on the a* and b* channels of CIE L*a*b* (L* is left alone), a field at the surrogate's
-  working resolution that is upsampled to the photo's resolution;
-* a low-frequency part: the top-left ``k x k`` block of orthonormal DCT-II coefficients per channel,
-  synthesised directly at the photo's resolution as ``C_H[:k].T @ coeff @ C_W[:k]`` (no full DCT needed).
+* a **colour part** on the a* and b* channels of CIE L*a*b* (L* is left alone): a field at the photo's
+  chroma resolution (``chroma_downsample``: 2 = half the photo's size, the resolution JPEG's 4:2:0
+  subsampling keeps; 1 = full resolution), bilinearly upsampled to the photo;
+* a **low-frequency part**: the top-left ``k x k`` block of orthonormal DCT-II coefficients per channel
+  (``dct_channels``: a*/b* by default, so L* stays untouched), synthesised directly at the photo's resolution
+  as ``C_H[:k].T @ coeff @ C_W[:k]`` (no full DCT needed).
 
-``mix`` splits the perturbation between the two spaces (1 = colour only, 0 = DCT only). Both parameter
-tensors are scaled so that one parameter unit moves a pixel by about one unit of the [0, 1] range, which
-lets one signed step size serve both.
+Numerics (how this differs from a naive implementation, and why; measured in ``bench/quality.py``):
 
-Budget convention: ``eps`` is in 1/255 of the [0, 1] pixel range (default 16, the paper's 16/255). Code that
-budgets images in [-1, 1] (e.g. diffusers pipelines, the authors' baseline repo) uses twice the number for
-the same change: their "16/255 in [-1, 1]" is ``eps=8`` here. The projection to the L-inf ball and to [0, 1]
-is done in RGB inside the graph (clamping is a valid sub-gradient); near-black and near-white pixels cannot
-take an a*/b* change, so projecting in Lab would not bound the RGB change.
+* **Pixel units everywhere.** Both parts are parametrised in units of the [0, 1] RGB range. An a*/b* change
+  is converted per pixel with the local Jacobian of Lab -> sRGB: ``scale(x) = 1 / max_c(|dRGB_c/da*| +
+  |dRGB_c/db*|)`` Lab units per pixel unit, so a signed step of ``s`` on the colour field moves no RGB
+  channel of any pixel by more than about ``s`` (first order), whatever the pixel's colour.
+* **One signed step moves no pixel by more than the step.** The colour field takes a signed step per element
+  (bilinear upsampling cannot exceed it). The DCT part takes the signed gradient of its ``k*k`` coefficients
+  scaled so that the *synthesised* step peaks at the step size: a plain signed step on all ``k*k``
+  coefficients would move pixels by about ``k`` times the step and fill the budget in a few iterations.
+* **Bounds in pixel units.** The colour field is clipped to ``mix * eps`` and the synthesised DCT part to
+  ``(1 - mix) * eps`` (its coefficients are scaled down when its peak exceeds that): the two parts add up to
+  at most the budget before the final projection, so the projection no longer pins most pixels at the budget.
+* The final projection to the L-inf ball and to [0, 1] is done in RGB inside the graph (clamping is a valid
+  sub-gradient); near-black and near-white pixels cannot take an a*/b* change, so projecting in Lab would not
+  bound the RGB change. ``restore_luminance`` finishes with rounds of "clip in RGB, put back the original L*".
+
+``space`` chooses what is optimised: ``"dsp"`` (both parts, the paper's DSP), ``"ab"`` (the colour part alone),
+``"dct"`` (the low-frequency part alone) or ``"rgb"`` (plain per-pixel L-inf PGD in RGB, what the baselines of
+the field use; for comparisons).
+
+Budget convention: ``eps`` is in 1/255 of the [0, 1] pixel range. Code that budgets images in [-1, 1] (e.g.
+diffusers pipelines, the authors' baseline repo) uses twice the number for the same change: their "16/255 in
+[-1, 1]" is ``eps=8`` here, and 8 is this module's default (the paper's 16/255 of the [0, 1] range is visible:
+see the README's quality figures). ``eps`` stays the user's knob.
 """
 
 from __future__ import annotations
@@ -32,10 +50,14 @@ __all__ = [
     "DSPConfig",
     "DSPParams",
     "DualSpacePerturbation",
+    "SPACES",
     "dct_matrix",
     "low_freq_synthesis",
     "apply_dsp",
     "init_params",
+    "step_params",
+    "project_params",
+    "chroma_scale",
     "project_linf",
     "restore_luminance",
     "check_image",
@@ -43,40 +65,51 @@ __all__ = [
     "check_mask",
 ]
 
-#: a*/b* units per parameter unit: 16/255 in RGB is a median of ~6.5 a* and ~8.2 b* units, i.e. ~100x.
-LAB_SCALE = 100.0
-DCT_CHANNEL_SETS = ("rgb", "ab", "lab")
+DCT_CHANNEL_SETS = ("ab", "rgb", "lab")
+#: perturbation spaces: the DSP, its two parts alone, and plain RGB PGD
+SPACES = ("dsp", "ab", "dct", "rgb")
+#: the largest Lab change one pixel unit may map to (guards the Jacobian near out-of-gamut pixels)
+_MAX_LAB_PER_PIXEL = 1000.0
 
 
 @dataclass(frozen=True)
 class DSPConfig:
-    """Settings of the Dual-Space Perturbation.
+    """Settings of the perturbation.
 
     Args:
-        eps: L-inf budget in 1/255 of the [0, 1] pixel range (paper: 16). ``eps=8`` equals "16/255" in [-1, 1].
+        eps: L-inf budget in 1/255 of the [0, 1] pixel range (default 8; ``eps=8`` equals "16/255" in [-1, 1]).
+        space: ``"dsp"`` (colour + DCT, the paper's DSP), ``"ab"`` (colour part only), ``"dct"`` (DCT part only)
+            or ``"rgb"`` (plain per-pixel RGB PGD, for comparisons).
         dct_block: k, the side of the low-frequency DCT coefficient block (k x k per channel).
-        dct_channels: where the DCT part acts: ``"rgb"`` (R, G, B), ``"ab"`` (a*, b*) or ``"lab"`` (L*, a*, b*).
-        mix: share of the colour (a*/b*) part; 1 - mix goes to the DCT part.
+        dct_channels: where the DCT part acts: ``"ab"`` (a*, b*; L* untouched), ``"rgb"`` or ``"lab"``.
+        mix: share of the budget for the colour part in ``"dsp"``; ``1 - mix`` goes to the DCT part.
+        chroma_downsample: the colour field has the photo's size divided by this (2: JPEG's chroma resolution).
         restore_luminance: finish with rounds of "clip in RGB, restore the original L*".
         restore_rounds: number of such rounds.
     """
 
-    eps: float = 16.0
-    dct_block: int = 32
-    dct_channels: str = "rgb"
+    eps: float = 8.0
+    space: str = "dsp"
+    dct_block: int = 16
+    dct_channels: str = "ab"
     mix: float = 0.5
-    restore_luminance: bool = False
+    chroma_downsample: int = 2
+    restore_luminance: bool = True
     restore_rounds: int = 5
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.eps) and 0 < self.eps <= 255):
             raise ValueError(f"eps must be in (0, 255] (units of 1/255), got {self.eps}")
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
         if int(self.dct_block) != self.dct_block or self.dct_block < 1:
             raise ValueError(f"dct_block must be a positive integer, got {self.dct_block}")
         if self.dct_channels not in DCT_CHANNEL_SETS:
             raise ValueError(f"dct_channels must be one of {DCT_CHANNEL_SETS}, got {self.dct_channels!r}")
         if not (0.0 <= self.mix <= 1.0):
             raise ValueError(f"mix must be in [0, 1], got {self.mix}")
+        if int(self.chroma_downsample) != self.chroma_downsample or not 1 <= self.chroma_downsample <= 16:
+            raise ValueError(f"chroma_downsample must be an integer in 1-16, got {self.chroma_downsample}")
         if self.restore_rounds < 0:
             raise ValueError(f"restore_rounds must be >= 0, got {self.restore_rounds}")
 
@@ -85,20 +118,43 @@ class DSPConfig:
         """The budget in [0, 1] pixel units."""
         return self.eps / 255.0
 
+    @property
+    def colour_share(self) -> float:
+        """Share of the budget (and of each step) of the colour part."""
+        return {"dsp": self.mix, "ab": 1.0, "dct": 0.0, "rgb": 0.0}[self.space]
+
+    @property
+    def dct_share(self) -> float:
+        """Share of the budget (and of each step) of the low-frequency DCT part."""
+        return {"dsp": 1.0 - self.mix, "ab": 0.0, "dct": 1.0, "rgb": 0.0}[self.space]
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 @dataclass
 class DSPParams:
-    """The optimised tensors. ``lab``: (B, 2, h, w) at working size; ``dct``: (B, C, k, k)."""
+    """The optimised tensors and what is precomputed for one photo batch.
+
+    Attributes:
+        lab: (B, 2, H/c, W/c) colour field in pixel units (empty when the space has no colour part).
+        dct: (B, C, k, k) low-frequency coefficients in pixel units (empty when the space has no DCT part).
+        rgb: (B, 3, H, W) per-pixel RGB perturbation (``space="rgb"`` only; empty otherwise).
+        extra: precomputed per-photo tensors (the clean Lab image, the per-pixel Lab scale, DCT matrices).
+    """
 
     lab: Tensor
     dct: Tensor
+    rgb: Tensor | None = None
     extra: dict = field(default_factory=dict)
 
     def tensors(self) -> list[Tensor]:
-        return [self.lab, self.dct]
+        """The tensors the optimiser updates (non-empty ones only)."""
+        return [t for t in (self.lab, self.dct, self.rgb) if t is not None and t.numel() > 0]
+
+    def detached(self) -> "DSPParams":
+        d = (lambda t: None if t is None else t.detach())
+        return DSPParams(d(self.lab), d(self.dct), d(self.rgb), self.extra)
 
 
 def check_image(image: Tensor, name: str = "image") -> Tensor:
@@ -188,21 +244,90 @@ def low_freq_synthesis(coeff: Tensor, height: int, width: int) -> Tensor:
     return ch.transpose(0, 1) @ c @ cw
 
 
+def chroma_scale(image: Tensor, lab: Tensor | None = None, *, delta: float = 0.5) -> Tensor:
+    """Lab units per RGB pixel unit of an a*/b* change at every pixel, (B, 1, H, W).
+
+    ``1 / max_c(|dRGB_c/da*| + |dRGB_c/db*|)`` from central differences of Lab -> sRGB at the photo's own
+    colours: a change of ``s * scale`` in a* and b* (any signs) moves no channel by more than about ``s``.
+    """
+    with torch.no_grad():
+        lab = kornia.color.rgb_to_lab(image) if lab is None else lab
+        total = torch.zeros_like(image)
+        for ch in (1, 2):
+            e = torch.zeros_like(lab)
+            e[:, ch] = delta
+            d = kornia.color.lab_to_rgb(lab + e, clip=False) - kornia.color.lab_to_rgb(lab - e, clip=False)
+            total = total + (d / (2 * delta)).abs()
+        worst = total.amax(dim=1, keepdim=True)
+        return (1.0 / worst.clamp_min(1.0 / _MAX_LAB_PER_PIXEL)).to(image.dtype)
+
+
+def _lum_scale(image: Tensor, lab: Tensor, *, delta: float = 0.5) -> Tensor:
+    """L* units per pixel unit (``dct_channels="lab"``), like :func:`chroma_scale` for L*."""
+    with torch.no_grad():
+        e = torch.zeros_like(lab)
+        e[:, 0] = delta
+        d = kornia.color.lab_to_rgb(lab + e, clip=False) - kornia.color.lab_to_rgb(lab - e, clip=False)
+        worst = (d / (2 * delta)).abs().amax(dim=1, keepdim=True)
+        return 1.0 / worst.clamp_min(1.0 / _MAX_LAB_PER_PIXEL)
+
+
+def _chroma_size(height: int, width: int, config: DSPConfig) -> tuple[int, int]:
+    c = int(config.chroma_downsample)
+    return (max(1, math.ceil(height / c)), max(1, math.ceil(width / c)))
+
+
+def _dct_scale(height: int, width: int) -> float:
+    # one orthonormal coefficient unit peaks at 2 / sqrt(HW): rescale so one unit is ~one pixel unit
+    return math.sqrt(height * width) / 2.0
+
+
 def init_params(
-    batch: int, work_size: tuple[int, int], config: DSPConfig, *, device=None, dtype=torch.float32
+    image: Tensor | int, work_size: tuple[int, int] | None = None, config: DSPConfig | None = None, *,
+    device=None, dtype=torch.float32,
 ) -> DSPParams:
-    """Zero parameters (a zero perturbation is the identity)."""
-    h, w = work_size
-    nch = 3 if config.dct_channels in ("rgb", "lab") else 2
-    lab = torch.zeros(batch, 2, h, w, device=device, dtype=dtype)
-    dct = torch.zeros(batch, nch, config.dct_block, config.dct_block, device=device, dtype=dtype)
-    return DSPParams(lab=lab, dct=dct)
+    """Zero parameters for ``image`` (B, 3, H, W) (a zero perturbation is the identity), with the per-photo
+    precomputation (clean Lab image, per-pixel Lab scale, DCT synthesis matrices).
+
+    ``work_size`` is accepted for backward compatibility and ignored: the colour field follows the photo.
+    """
+    config = config or DSPConfig()
+    if not isinstance(image, Tensor):
+        raise TypeError("init_params needs the photo batch (B, 3, H, W) to precompute its colour scale")
+    b, _, h, w = image.shape
+    device = image.device if device is None else device
+    x = image.to(device=device, dtype=dtype)
+    extra: dict = {}
+    empty = torch.zeros(b, 0, device=device, dtype=dtype)
+    lab_p, dct_p, rgb_p = empty, empty.clone(), None
+    if config.space == "rgb":
+        rgb_p = torch.zeros(b, 3, h, w, device=device, dtype=dtype)
+    else:
+        lab0 = kornia.color.rgb_to_lab(x)
+        extra["lab0"] = lab0
+        extra["rgb_of_lab0"] = kornia.color.lab_to_rgb(lab0, clip=False)
+        extra["scale_ab"] = chroma_scale(x, lab0)
+        if config.colour_share > 0:
+            lab_p = torch.zeros(b, 2, *_chroma_size(h, w, config), device=device, dtype=dtype)
+        if config.dct_share > 0:
+            nch = 2 if config.dct_channels == "ab" else 3
+            dct_p = torch.zeros(b, nch, config.dct_block, config.dct_block, device=device, dtype=dtype)
+            k = config.dct_block
+            extra["ch"] = dct_matrix(h, k, device=device, dtype=dtype)
+            extra["cw"] = dct_matrix(w, k, device=device, dtype=dtype)
+            if config.dct_channels == "lab":
+                extra["scale_l"] = _lum_scale(x, lab0)
+    return DSPParams(lab=lab_p, dct=dct_p, rgb=rgb_p, extra=extra)
 
 
-def project_linf(adv: Tensor, image: Tensor, eps01: float) -> Tensor:
-    """Clip ``adv`` to the L-inf ball of radius ``eps01`` around ``image`` and to [0, 1] (differentiable)."""
-    delta = (adv - image).clamp(-eps01, eps01)
-    return (image + delta).clamp(0.0, 1.0)
+def _synth(coeff: Tensor, params: DSPParams, h: int, w: int) -> Tensor:
+    """The DCT part in pixel units at the photo's size (B, C, H, W)."""
+    ch, cw = params.extra.get("ch"), params.extra.get("cw")
+    if ch is None or ch.shape[1] != h or cw.shape[1] != w:
+        return low_freq_synthesis(coeff, h, w) * _dct_scale(h, w)
+    k = coeff.shape[-1]
+    ch, cw = ch[: min(k, h)], cw[: min(k, w)]
+    return ch.transpose(0, 1) @ coeff[..., : ch.shape[0], : cw.shape[0]] @ cw * _dct_scale(h, w)
 
 
 def _upsample(field_: Tensor, height: int, width: int) -> Tensor:
@@ -212,50 +337,108 @@ def _upsample(field_: Tensor, height: int, width: int) -> Tensor:
 
 
 def apply_dsp(image: Tensor, params: DSPParams, config: DSPConfig, mask: Tensor | None = None) -> Tensor:
-    """Perturb ``image`` (B, 3, H, W in [0, 1]) with the DSP ``params``; returns the projected image.
+    """Perturb ``image`` (B, 3, H, W in [0, 1]) with ``params``; returns the projected image.
 
     The result is differentiable in ``params`` and lies in [0, 1] within ``config.eps`` of ``image`` in
     RGB. With zero parameters it equals ``image`` exactly. ``mask`` (B or 1, 1, H, W in [0, 1]) scales the
     change per pixel: 0 leaves a pixel exactly as it was (e.g. protect only the face).
     """
     b, _, h, w = image.shape
-    if params.lab.shape[0] != b or params.dct.shape[0] != b:
-        raise ValueError(
-            f"perturbation batch ({params.lab.shape[0]}) does not match the image batch ({b})"
-        )
-    lab = kornia.color.rgb_to_lab(image)
-    d_ab = _upsample(params.lab, h, w) * (config.mix * LAB_SCALE)
-    # one orthonormal coefficient unit peaks at 2 / sqrt(HW) pixels: rescale to ~1 pixel unit.
-    d_dct = low_freq_synthesis(params.dct, h, w) * ((1.0 - config.mix) * math.sqrt(h * w) / 2.0)
-    zeros_l = torch.zeros_like(lab[:, :1])
-    if config.dct_channels == "rgb":
-        d_lab = torch.cat([zeros_l, d_ab], dim=1)
-    elif config.dct_channels == "ab":
-        d_lab = torch.cat([zeros_l, d_ab + d_dct * LAB_SCALE], dim=1)
-    else:  # "lab": L* in its 0-100 range takes the same pixel-unit scaling
-        d_lab = torch.cat([d_dct[:, :1] * 100.0, d_ab + d_dct[:, 1:] * LAB_SCALE], dim=1)
-    # the change the Lab edit makes, measured against the same conversion of the clean image: exactly
-    # zero for zero parameters (no round-trip error leaks into the output).
-    delta = kornia.color.lab_to_rgb(lab + d_lab, clip=False) - kornia.color.lab_to_rgb(lab, clip=False)
-    if config.dct_channels == "rgb":
-        delta = delta + d_dct
+    for t in params.tensors():
+        if t.shape[0] != b:
+            raise ValueError(f"perturbation batch ({t.shape[0]}) does not match the image batch ({b})")
+    if config.space == "rgb":
+        delta = params.rgb
+    else:
+        lab = params.extra.get("lab0")
+        if lab is None or lab.shape[-2:] != (h, w):
+            params.extra.update(init_params(image, config=config).extra)
+            lab = params.extra["lab0"]
+        scale = params.extra["scale_ab"]
+        d_ab = torch.zeros(b, 2, h, w, device=image.device, dtype=image.dtype)
+        d_l = torch.zeros(b, 1, h, w, device=image.device, dtype=image.dtype)
+        d_rgb = None
+        if params.lab.numel():
+            d_ab = d_ab + _upsample(params.lab, h, w) * scale
+        if params.dct.numel():
+            d = _synth(params.dct, params, h, w)
+            if config.dct_channels == "ab":
+                d_ab = d_ab + d * scale
+            elif config.dct_channels == "lab":
+                d_l = d[:, :1] * params.extra["scale_l"]
+                d_ab = d_ab + d[:, 1:] * scale
+            else:
+                d_rgb = d
+        # the change the Lab edit makes, measured against the same conversion of the clean image: exactly
+        # zero for zero parameters (no round-trip error leaks into the output).
+        delta = kornia.color.lab_to_rgb(lab + torch.cat([d_l, d_ab], dim=1), clip=False) - params.extra["rgb_of_lab0"]
+        if d_rgb is not None:
+            delta = delta + d_rgb
     if mask is not None:
         delta = delta.clamp(-config.eps01, config.eps01) * mask
     return project_linf(image + delta, image, config.eps01)
 
 
+def step_params(params: DSPParams, grads: list[Tensor | None], lr: float, config: DSPConfig) -> None:
+    """One signed-gradient descent step (L-inf PGD's step, in place) that moves no pixel by more than ``lr``.
+
+    Each part's step is its share of ``lr`` (``mix`` / ``1 - mix``). The colour field and the RGB field step
+    by ``share * lr * sign(g)`` per element. The DCT block steps along ``sign(g)`` scaled so that its synthesised
+    pattern peaks at ``share * lr`` per image and channel. Follow with :func:`project_params`.
+    """
+    with torch.no_grad():
+        for t, g in zip(params.tensors(), grads):
+            if g is None:
+                continue
+            if t is params.dct:
+                sg = g.sign()
+                h, w = params.extra["ch"].shape[1], params.extra["cw"].shape[1]
+                peak = _synth(sg, params, h, w).abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+                t.sub_(sg * (config.dct_share * lr / peak))
+            elif t is params.lab:
+                t.sub_(config.colour_share * lr * g.sign())
+            else:
+                t.sub_(lr * g.sign())
+
+
+def project_params(params: DSPParams, config: DSPConfig) -> None:
+    """Bound each part in pixel units (in place): colour field to ``mix * eps``, synthesised DCT part to
+    ``(1 - mix) * eps`` (coefficients scaled down when its peak exceeds it), RGB field to ``eps``."""
+    eps = config.eps01
+    with torch.no_grad():
+        if params.rgb is not None and params.rgb.numel():
+            params.rgb.clamp_(-eps, eps)
+        if params.lab.numel():
+            bound = config.colour_share * eps
+            params.lab.clamp_(-bound, bound)
+        if params.dct.numel():
+            bound = config.dct_share * eps
+            h, w = params.extra["ch"].shape[1], params.extra["cw"].shape[1]
+            peak = _synth(params.dct, params, h, w).abs().amax(dim=(-2, -1), keepdim=True)
+            params.dct.mul_((bound / peak.clamp_min(1e-12)).clamp(max=1.0))
+
+
+def project_linf(adv: Tensor, image: Tensor, eps01: float) -> Tensor:
+    """Clip ``adv`` to the L-inf ball of radius ``eps01`` around ``image`` and to [0, 1] (differentiable)."""
+    delta = (adv - image).clamp(-eps01, eps01)
+    return (image + delta).clamp(0.0, 1.0)
+
+
 def restore_luminance(adv: Tensor, image: Tensor, config: DSPConfig) -> Tensor:
     """Finishing projection: rounds of "clip in RGB, put back the original L*", then a final clip.
 
-    Keeps the L-inf budget exactly and the mean |dL*| small. No gradient is needed here.
+    Each round adds the RGB change that moving L* back to the original's makes, measured against the same
+    conversion (so a pixel whose L* is already the original's is left exactly as it is). Keeps the L-inf
+    budget exactly and the mean |dL*| small. No gradient is needed here.
     """
     with torch.no_grad():
         l0 = kornia.color.rgb_to_lab(image)[:, :1]
         x = project_linf(adv, image, config.eps01)
         for _ in range(config.restore_rounds):
             lab = kornia.color.rgb_to_lab(x)
-            lab = torch.cat([l0, lab[:, 1:]], dim=1)
-            x = project_linf(kornia.color.lab_to_rgb(lab, clip=False), image, config.eps01)
+            fixed = torch.cat([l0, lab[:, 1:]], dim=1)
+            corr = kornia.color.lab_to_rgb(fixed, clip=False) - kornia.color.lab_to_rgb(lab, clip=False)
+            x = project_linf(x + corr, image, config.eps01)
         return x
 
 
@@ -273,22 +456,27 @@ def quantize_8bit(adv: Tensor, image: Tensor, eps01: float) -> Tensor:
 
 
 class DualSpacePerturbation(nn.Module):
-    """Module form of :func:`apply_dsp` holding its parameters (handy for Adam and for ``state_dict``).
+    """Module form of :func:`apply_dsp` for one photo batch, holding its parameters (for Adam, ``state_dict``).
 
     Example:
-        >>> cfg = DSPConfig(eps=16, dct_block=8)
-        >>> dsp = DualSpacePerturbation(1, (32, 32), cfg)
+        >>> cfg = DSPConfig(eps=8, dct_block=8)
         >>> x = torch.rand(1, 3, 40, 50)
+        >>> dsp = DualSpacePerturbation(x, cfg)
         >>> torch.equal(dsp(x), x)
         True
     """
 
-    def __init__(self, batch: int, work_size: tuple[int, int], config: DSPConfig) -> None:
+    def __init__(self, image: Tensor, config: DSPConfig) -> None:
         super().__init__()
         self.config = config
-        p = init_params(batch, work_size, config)
+        p = init_params(image, config=config)
+        self.extra = p.extra
         self.lab = nn.Parameter(p.lab)
         self.dct = nn.Parameter(p.dct)
+        self.rgb = nn.Parameter(p.rgb) if p.rgb is not None else None
+
+    def params(self) -> DSPParams:
+        return DSPParams(self.lab, self.dct, self.rgb, self.extra)
 
     def forward(self, image: Tensor) -> Tensor:
-        return apply_dsp(image, DSPParams(self.lab, self.dct), self.config)
+        return apply_dsp(image, self.params(), self.config)

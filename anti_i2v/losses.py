@@ -169,7 +169,8 @@ class DiffusionLoss(LossTerm):
         object.__setattr__(self, "weight", _check_weight(self.weight))
 
     def request(self) -> FeatureRequest:
-        return FeatureRequest(need_output=True)
+        # AdvDM's own definition: the perturbed image's denoising loss, z_t built from the perturbed image
+        return FeatureRequest(need_output=True, own_latent=True)
 
     def value(self, adv: Features, target: Features | None) -> Tensor:
         assert adv.output is not None and adv.target is not None
@@ -244,11 +245,22 @@ class Objective:
             r = r.merge(t.target_request())
         return r
 
-    def evaluate(self, adv: Features, target: Features | None) -> tuple[Tensor, dict[str, Tensor]]:
-        """The weighted sum and each term's unweighted value, by :meth:`names`."""
+    def evaluate(
+        self, adv: Features | None, target: Features | None, *, own: Features | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The weighted sum (float32) and each term's unweighted value, by :meth:`names`.
+
+        ``adv``: the adversarial pass on the shared z_t; ``own``: the pass on the image's own z_t, for terms
+        whose request sets ``own_latent`` (AdvDM); ``adv`` is used for them when ``own`` is None.
+        """
         if not self.terms:
             raise ValueError("the objective has no loss terms")
-        values = {n: t.value(adv, target) for n, t in zip(self.names(), self.terms)}
+        values = {}
+        for n, t in zip(self.names(), self.terms):
+            feats = own if (own is not None and t.request().own_latent) else adv
+            if feats is None:
+                raise ValueError(f"loss term {n!r} has no features to read")
+            values[n] = t.value(feats, target).float()
         total = sum(t.weight * v for t, v in zip(self.terms, values.values()))
         return total, values
 

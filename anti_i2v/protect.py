@@ -1,13 +1,24 @@
 """The protect loop: one functional attack loop shared by Anti-I2V and the baselines.
 
+Once per run (nothing here carries the perturbation's gradient):
+
+* the clean photo at the surrogate's working size is encoded and turned into the clean video latent ``x0``;
+* the target image's conditioning (its VAE latent, VAE-encoder features, image-encoder tokens) is encoded.
+
 Each iteration (Anti-I2V Alg. 1):
 
-1. draw one timestep and one noise for the iteration (seeded generator);
+1. draw one timestep and one noise for the iteration (seeded generator); ``z_t`` is the forward process
+   applied to the clean ``x0``: **one z_t shared by the target and the adversarial pass** (the paper's IRA
+   compares ``eps^m(z_t, z_xi, t, y)`` with ``eps^m(z_t, z_psi, t, y)``; at inference ``z_t`` comes from the
+   sampler, not from the photo, so the gradient flows only through the image conditioning);
 2. synthesise the protected photo at full resolution with the Dual-Space Perturbation and project it;
-3. resize it to the surrogate's working size;
-4. target pass (no grad): features of the target image under the same timestep and noise;
-5. adversarial pass: features of the protected photo, stopped after the deepest block needed;
-6. objective = sum of weighted terms; signed-gradient (or Adam) step on the DSP parameters.
+3. resize it to the surrogate's working size (optionally through a differentiable JPEG);
+4. target pass (no grad): the target's features under that z_t, from its cached conditioning;
+5. adversarial pass: the protected photo's features, stopped after the deepest block needed. AdvDM's
+   diffusion loss keeps its own definition (``z_t`` from the perturbed image itself) in a pass of its own;
+6. objective = sum of weighted terms, computed in float32; its gradient is taken with a loss scale (fp16 and
+   bf16 models: per-element gradients of a mean over ~1e7 features underflow half precision otherwise);
+   signed-gradient (or Adam) step on the DSP parameters, bounded in pixel units.
 
 The loop never changes the input tensors, the models' weights, their ``requires_grad`` flags, training flags
 or hooks, also when it fails or is cancelled.
@@ -17,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,10 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import dsp as dsp_mod
-from .dsp import DSPConfig, DSPParams, check_image
+from .dsp import DSPConfig, check_image
 from .losses import LossTerm, Objective
 from .metrics import image_quality
-from .surrogates.base import Surrogate
+from .surrogates.base import Conditioning, FeatureRequest, Surrogate
 
 __all__ = [
     "ProtectConfig",
@@ -42,6 +54,7 @@ __all__ = [
     "resize_to",
     "frozen_models",
     "PRESETS",
+    "GradientVanished",
 ]
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -240,6 +253,48 @@ def _free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+class GradientVanished(FloatingPointError):
+    """Every gradient of an iteration was zero or not finite (e.g. half-precision underflow)."""
+
+
+def _model_dtype(surrogate: Surrogate) -> torch.dtype:
+    """The lowest-precision floating dtype among the surrogate's weights."""
+    seen = set()
+    for m in surrogate.modules():
+        for p in m.parameters():
+            if p.is_floating_point():
+                seen.add(p.dtype)
+    for dt in (torch.float16, torch.bfloat16):
+        if dt in seen:
+            return dt
+    return torch.float32
+
+
+def _initial_scale(feats: list, dtype: torch.dtype) -> float:
+    """Loss scale for a half-precision model: about the element count of the largest feature (a power of 2).
+
+    Each term is a mean over N elements, so d loss / d feature ~ 2 (a - b) / N: with N ~ 5e7 that is below
+    fp16's smallest subnormal (6e-8). Scaling by ~N brings per-element gradients to the features' own scale.
+    """
+    if dtype == torch.float32:
+        return 1.0
+    n = max([t.numel() for f in feats if f is not None for t in _feature_tensors(f)] or [1])
+    return float(2 ** min(24, max(0, round(math.log2(max(n, 1))))))
+
+
+def _feature_tensors(f) -> list[Tensor]:
+    out = list(f.blocks.values()) + list(f.vae.values())
+    out += [t for t in (f.latent, f.output) if t is not None]
+    return out
+
+
+def _accepts_size(surrogate: Surrogate) -> bool:
+    try:
+        return "size" in inspect.signature(surrogate.sample_noise).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def protect(
     image: Tensor,
     surrogate: Surrogate,
@@ -250,6 +305,7 @@ def protect(
     target: Tensor | None = None,
     mask: Tensor | None = None,
     callback: Callable[[Progress], bool | None] | None = None,
+    cache_conditioning: bool = True,
 ) -> ProtectResult:
     """Protect ``image`` against ``surrogate`` by minimising ``losses`` over a Dual-Space Perturbation.
 
@@ -257,16 +313,21 @@ def protect(
         image: (B, 3, H, W) or (3, H, W) in [0, 1], any size; RGBA loses alpha, grey is repeated.
         surrogate: an I2V surrogate adapter (weights are used, never changed).
         losses: the objective: an :class:`Objective`, one term or a list of terms.
-        perturbation: DSP settings (budget, DCT block, channels, split, L* restore).
+        perturbation: perturbation settings (space, budget, DCT block, channels, split, L* restore).
         config: loop settings (steps, step size, schedule, optimiser, seed).
         target: (1 or B, 3, h, w) unrelated target image for IRA / encoder terms; a fixed pattern if None.
         mask: optional (H, W), (1|B, H, W) or (1|B, 1, H, W) weights in [0, 1] at the photo's size: where the
             perturbation may go (e.g. the face); 0 leaves pixels exactly as they are.
         callback: called after every iteration with :class:`Progress`; return ``False`` to stop early
             (the result is marked cancelled) or raise to abort.
+        cache_conditioning: encode the target's conditioning once per run (True) or every iteration (the
+            naive variant, kept for the speed benchmark; same result).
 
     Returns:
         :class:`ProtectResult` with the protected images at the input's size, on CPU.
+
+    Raises:
+        GradientVanished: every gradient of an iteration was zero or not finite even after loss rescaling.
     """
     perturbation = perturbation or DSPConfig()
     config = config or ProtectConfig()
@@ -275,66 +336,109 @@ def protect(
         raise ValueError("losses: the objective has no loss terms")
     x = check_image(image, "image")
     b, _, h, w = x.shape
-    req = objective.request()
+    shared_terms = [t for t in objective.terms if not t.request().own_latent]
+    own_terms = [t for t in objective.terms if t.request().own_latent]
+    req = Objective(tuple(shared_terms)).request()
+    req_own = Objective(tuple(own_terms)).request()
     treq = objective.target_request()
-    surrogate.validate_request(req)
-    surrogate.validate_request(treq)
+    for r in (req, req_own, treq):
+        surrogate.validate_request(r)
     work = surrogate.working_size(h, w)
     device = surrogate.device
     start = time.perf_counter()
 
     x = x.detach().to(device=device, dtype=torch.float32).clone()
     m = dsp_mod.check_mask(mask, x)
-    tgt_work = None
+    t_img = None
     if not treq.empty:
         t = check_image(target, "target") if target is not None else default_target(*work)
         if t.shape[0] not in (1, b):
             raise ValueError(f"target batch ({t.shape[0]}) must be 1 or match the image batch ({b})")
         t = resize_to(t.detach().to(device=device, dtype=torch.float32), work)
-        tgt_work = t.expand(b, -1, -1, -1).contiguous()
+        t_img = t.expand(b, -1, -1, -1).contiguous()
 
     gen = torch.Generator(device="cpu").manual_seed(int(config.seed))
-    params = dsp_mod.init_params(b, work, perturbation, device=device)
+    params = dsp_mod.init_params(x, config=perturbation)
     tensors = params.tensors()
     for p in tensors:
         p.requires_grad_(True)
-    bound = 2.0 * perturbation.eps01
     adam = torch.optim.Adam(tensors, lr=config.step_at(0)) if config.optimizer == "adam" else None
     names = objective.names()
     history: list[dict[str, float]] = []
     cancelled = False
+    model_dtype = _model_dtype(surrogate)
+    loss_scale: float | None = None
+    sized = _accepts_size(surrogate)
     settings = {
         "perturbation": perturbation.to_dict(),
         "loop": asdict(config),
         "losses": objective.describe(),
+        "objective_notes": list(objective.notes),
         "surrogate": surrogate.describe(),
         "image_size": [h, w],
         "batch": b,
         "working_size": list(work),
         "budget_convention": "eps in 1/255 of the [0,1] pixel range (eps=8 equals 16/255 in [-1,1])",
+        "noisy_latent": "one z_t per iteration from the clean photo's latent, shared by target and adversarial pass",
         "mask": None if mask is None else "given",
     }
 
     try:
         with torch.inference_mode(False), torch.enable_grad(), frozen_models(surrogate.modules()):
-            for it in range(config.steps):
-                draw = surrogate.sample_noise(b, gen)
+            clean_x0 = None
+            tgt_cond: Conditioning | None = None
+            with torch.no_grad():
+                if req.needs_denoiser:
+                    clean_cond = surrogate.encode_image(resize_to(x, work))
+                    clean_x0 = surrogate.clean_latent(clean_cond).detach()
+                    del clean_cond
+                if t_img is not None and cache_conditioning:
+                    tgt_cond = surrogate.encode_image(t_img, treq.vae_layers).detach()
+            it = 0
+            retries = 0
+            while it < config.steps:
+                draw = surrogate.sample_noise(b, gen, size=work) if sized else surrogate.sample_noise(b, gen)
                 tgt_feats = None
-                if tgt_work is not None:
+                if t_img is not None:
                     with torch.no_grad():
-                        tgt_feats = surrogate.features(tgt_work, draw, treq)
+                        tgt_feats = surrogate.features(None if tgt_cond is not None else t_img, draw, treq,
+                                                       clean=clean_x0, cond=tgt_cond)
                 adv_full = dsp_mod.apply_dsp(x, params, perturbation, m)
                 adv_work = resize_to(adv_full, work)
                 if config.robust_jpeg:
                     adv_work = _jpeg(adv_work, config.robust_jpeg)
-                adv_feats = surrogate.features(adv_work, draw, req)
-                total, values = objective.evaluate(adv_feats, tgt_feats)
+                all_vae = req.vae_layers | req_own.vae_layers
+                adv_cond = surrogate.encode_image(adv_work, all_vae)
+                adv_feats = surrogate.features(None, draw, req, clean=clean_x0, cond=adv_cond) if shared_terms else None
+                own_feats = surrogate.features(None, draw, req_own, cond=adv_cond) if own_terms else None
+                total, values = objective.evaluate(adv_feats, tgt_feats, own=own_feats)
                 if not torch.isfinite(total):
                     raise FloatingPointError(
-                        f"the objective became {float(total)} at iteration {it + 1}; try float32 or a smaller step_size"
+                        f"the objective became {float(total)} at iteration {it + 1} with a {model_dtype} model; "
+                        "try float32 or bfloat16, or a smaller step_size"
                     )
-                grads = torch.autograd.grad(total, tensors, allow_unused=True)
-                del adv_feats, tgt_feats, adv_full, adv_work
+                if loss_scale is None:
+                    loss_scale = _initial_scale([adv_feats, own_feats, tgt_feats], model_dtype)
+                grads = torch.autograd.grad(total * loss_scale, tensors, allow_unused=True)
+                del adv_feats, own_feats, tgt_feats, adv_full, adv_work, adv_cond
+                present = [g_ for g_ in grads if g_ is not None]
+                finite = all(bool(torch.isfinite(g_).all()) for g_ in present)
+                nonzero = any(bool((g_ != 0).any()) for g_ in present) if finite else False
+                if not (finite and nonzero):
+                    # half precision: back off on overflow, scale up on underflow, retry the iteration
+                    if model_dtype != torch.float32 and retries < 12:
+                        loss_scale = loss_scale / 16.0 if not finite else loss_scale * 256.0
+                        retries += 1
+                        del total, values, grads
+                        continue
+                    what = "not finite" if not finite else "zero"
+                    raise GradientVanished(
+                        f"every gradient of iteration {it + 1} was {what} with a {str(model_dtype).replace('torch.', '')} "
+                        f"model (loss scale {loss_scale:g}): the protection would do nothing. Load the model in "
+                        "bfloat16 or float32, or check that the chosen layers depend on the image"
+                    )
+                retries = 0
+                grads = [None if g_ is None else g_ / loss_scale for g_ in grads]
                 lr = config.step_at(it)
                 with torch.no_grad():
                     if adam is not None:
@@ -346,24 +450,23 @@ def protect(
                         for p in tensors:
                             p.grad = None
                     else:
-                        for g_, p in zip(grads, tensors):
-                            if g_ is not None:
-                                p.sub_(lr * g_.sign())
-                    for p in tensors:
-                        p.clamp_(-bound, bound)
+                        dsp_mod.step_params(params, grads, lr, perturbation)
+                    dsp_mod.project_params(params, perturbation)
                 row = {"step": it + 1, "loss": float(total.detach())}
                 row.update({n: float(values[n].detach()) for n in names})
                 history.append(row)
                 del total, values, grads
+                it += 1
                 if callback is not None:
-                    info = Progress(it + 1, config.steps, row["loss"], {n: row[n] for n in names},
+                    info = Progress(it, config.steps, row["loss"], {n: row[n] for n in names},
                                     time.perf_counter() - start)
                     if callback(info) is False:
                         cancelled = True
                         break
+            del clean_x0, tgt_cond
             with torch.no_grad():
-                protected = dsp_mod.apply_dsp(x, DSPParams(*(p.detach() for p in tensors)), perturbation, m)
-                if perturbation.restore_luminance:
+                protected = dsp_mod.apply_dsp(x, params.detached(), perturbation, m)
+                if perturbation.restore_luminance and perturbation.space != "rgb" and len(history):
                     protected = dsp_mod.restore_luminance(protected, x, perturbation)
                     if m is not None:
                         protected = x + (protected - x) * m
@@ -374,6 +477,7 @@ def protect(
         _free_memory(device)
         raise
 
+    settings["loss_scale"] = loss_scale
     protected = protected.detach().float().cpu()
     x_cpu = x.cpu()
     q = image_quality(protected, x_cpu)

@@ -75,8 +75,6 @@ class FeatureRequest:
     own_latent: bool = False
 
     def merge(self, other: "FeatureRequest") -> "FeatureRequest":
-        if self.own_latent != other.own_latent and not (self.empty or other.empty):
-            raise ValueError("cannot merge a request on the shared z_t with one on the image's own z_t")
         return FeatureRequest(
             blocks=self.blocks | other.blocks,
             vae_layers=self.vae_layers | other.vae_layers,
