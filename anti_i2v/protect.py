@@ -419,7 +419,10 @@ def protect(
                     )
                 if loss_scale is None:
                     loss_scale = _initial_scale([adv_feats, own_feats, tgt_feats], model_dtype)
-                grads = torch.autograd.grad(total * loss_scale, tensors, allow_unused=True)
+                if total.requires_grad:
+                    grads = torch.autograd.grad(total * loss_scale, tensors, allow_unused=True)
+                else:  # nothing the loss reads depends on the photo
+                    grads = (None,) * len(tensors)
                 del adv_feats, own_feats, tgt_feats, adv_full, adv_work, adv_cond
                 present = [g_ for g_ in grads if g_ is not None]
                 finite = all(bool(torch.isfinite(g_).all()) for g_ in present)
