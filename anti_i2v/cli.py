@@ -33,6 +33,8 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .dsp import SPACES
+
     p = argparse.ArgumentParser(prog="anti-i2v", description="Protect photos against image-to-video models (Anti-I2V).")
     sub = p.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("protect", help="protect photos (files or folders)",
@@ -56,11 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--irc-pairs", help="IRC pairs 'shallow:deep', e.g. '3:27' (default: the model's)")
     pr.add_argument("--target", metavar="IMAGE", help="unrelated target image for IRA (default: a fixed pattern)")
     pr.add_argument("--frames", type=int, help="video frames the surrogate sees (fewer: faster)")
-    pr.add_argument("--dct-block", type=int, default=32, help="side k of the low-frequency DCT block")
-    pr.add_argument("--restore-luminance", action="store_true", help="finish by restoring the original L*")
-    pr.add_argument("--robust-jpeg", type=int, default=0, metavar="Q",
+    pr.add_argument("--space", choices=list(SPACES), default=None,
+                    help="perturbation space: dsp (colour + low-frequency DCT, default), ab, dct, or rgb (plain PGD)")
+    pr.add_argument("--dct-block", type=int, default=None, help="side k of the low-frequency DCT block (default 16)")
+    pr.add_argument("--chroma-downsample", type=int, default=None,
+                    help="colour field resolution divisor (default 2, JPEG's chroma resolution)")
+    pr.add_argument("--restore-luminance", action=argparse.BooleanOptionalAction, default=None,
+                    help="finish by restoring the original L* (default: on)")
+    pr.add_argument("--robust-jpeg", type=int, default=None, metavar="Q",
                     help="optimise through a differentiable JPEG of quality Q (1-100) so the protection survives "
-                         "re-encoding (default: 0, off)")
+                         "re-encoding; 0 turns it off (default: the preset's)")
     pr.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: bf16 on GPU)")
     pr.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     pr.add_argument("--gradient-checkpointing", action="store_true", help="less memory, more time")
@@ -186,8 +193,11 @@ def cmd_protect(args) -> int:
     steps = args.steps if args.steps is not None else preset["steps"]
     step_size = args.step_size if args.step_size is not None else preset["step_size"]
     try:
-        dsp_cfg = DSPConfig(eps=eps, dct_block=args.dct_block, restore_luminance=args.restore_luminance)
-        loop_cfg = ProtectConfig(steps=steps, step_size=step_size, seed=args.seed, robust_jpeg=args.robust_jpeg)
+        given = {"space": args.space, "dct_block": args.dct_block, "chroma_downsample": args.chroma_downsample,
+                 "restore_luminance": args.restore_luminance}
+        dsp_cfg = DSPConfig(eps=eps, **{k: v for k, v in given.items() if v is not None})
+        jpeg_q = args.robust_jpeg if args.robust_jpeg is not None else preset.get("robust_jpeg", 0)
+        loop_cfg = ProtectConfig(steps=steps, step_size=step_size, seed=args.seed, robust_jpeg=jpeg_q)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     device = _resolve_device(args.device)
@@ -219,6 +229,8 @@ def cmd_protect(args) -> int:
         surrogate.validate_request(objective.request())
     except (ValueError, SurrogateError) as exc:
         raise UsageError(str(exc)) from None
+    for note in objective.notes:
+        print(f"anti-i2v: note: {note}", file=sys.stderr)
     target = None
     if args.target:
         try:

@@ -110,11 +110,13 @@ class ProtectConfig:
         return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
-#: strength presets used by the CLI and the nodes: (eps in 1/255, steps, step size in 1/255).
+#: strength presets used by the CLI and the nodes: eps in 1/255, steps, step size in 1/255 (and the JPEG quality
+#: simulated in the loop, 0 = off). "default" is the budget that measured imperceptible on every benchmark photo
+#: (bench/quality.py; README "Does it work?"); "high" is the paper's 16/255, stronger and visible up close.
 PRESETS: dict[str, dict] = {
-    "low": {"eps": 8.0, "steps": 100, "step_size": 0.5},
-    "default": {"eps": 16.0, "steps": 200, "step_size": 1.0},
-    "high": {"eps": 24.0, "steps": 300, "step_size": 1.5},
+    "low": {"eps": 4.0, "steps": 100, "step_size": 0.5, "robust_jpeg": 0},
+    "default": {"eps": 8.0, "steps": 200, "step_size": 1.0, "robust_jpeg": 0},
+    "high": {"eps": 16.0, "steps": 300, "step_size": 1.5, "robust_jpeg": 0},
 }
 
 
@@ -143,6 +145,8 @@ class ProtectResult:
         cancelled: the callback stopped the loop early (``protected`` holds the last iterate).
         settings: everything needed to reproduce the run.
         seconds: wall time of the loop.
+        quality: every imperceptibility figure per image (:func:`~anti_i2v.metrics.image_quality`: L-inf, PSNR,
+            SSIM, CIEDE2000 mean and 95th percentile, mean |dL*|).
     """
 
     protected: Tensor
@@ -154,6 +158,7 @@ class ProtectResult:
     cancelled: bool = False
     settings: dict = field(default_factory=dict)
     seconds: float = 0.0
+    quality: dict = field(default_factory=dict)
 
     def report(self) -> dict:
         """A JSON-friendly report (no tensors)."""
@@ -165,6 +170,7 @@ class ProtectResult:
             "linf_255": self.linf,
             "psnr_db": self.psnr,
             "ssim": self.ssim,
+            "quality": self.quality,
             "loss_history": self.history,
         }
 
@@ -494,6 +500,7 @@ def protect(
         cancelled=cancelled,
         settings=settings,
         seconds=time.perf_counter() - start,
+        quality=q,
     )
     del params, tensors, adam, x
     _free_memory(device)
