@@ -14,9 +14,20 @@ from anti_i2v.surrogates.cogvideox import CogVideoXSurrogate
 
 H, W = 32, 48  # the tiny model's native size (8x12 latents x 4)
 
+# Tolerances. The tiny model's latents, noise and predictions are O(1) float32: 1e-5 absolute and relative is
+# ~100x float32 rounding of the few ops that differ between two code paths. Gradients w.r.t. the image are
+# ~1e-3, so their absolute tolerance is relative to the largest entry (see assert_grad_close).
+TOL = {"rtol": 1e-5, "atol": 1e-5}
 
-def req(blocks=(), vae=(), output=False, latent=False) -> FeatureRequest:
-    return FeatureRequest(blocks=frozenset(blocks), vae_layers=frozenset(vae), need_output=output, need_latent=latent)
+
+def req(blocks=(), vae=(), output=False, latent=False, own=False) -> FeatureRequest:
+    return FeatureRequest(blocks=frozenset(blocks), vae_layers=frozenset(vae), need_output=output, need_latent=latent,
+                          own_latent=own)
+
+
+def assert_grad_close(a, b, rel=1e-5):
+    """Gradients agree to ``rel`` of their largest entry (absolute) and ``rel`` relative."""
+    torch.testing.assert_close(a, b, rtol=rel, atol=rel * float(b.abs().max()))
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +72,8 @@ def assert_same_inputs(ours: dict, theirs: dict) -> None:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=k)
         elif isinstance(a, tuple):
             assert len(a) == len(b), k
-            for x, y in zip(a, b):
-                torch.testing.assert_close(x, y, msg=k)
+            for x, y in zip(a, b):  # rotary cos/sin tables in [-1, 1], built by the same diffusers helper
+                torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6, msg=k)
         else:
             assert a == b, k
 
@@ -127,7 +138,7 @@ def test_denoiser_inputs_match_the_diffusers_pipeline(name, image):
 
 
 def test_forward_process_and_v_target(cog, image):
-    """The noisy latent is scheduler.add_noise(image latent repeated) and the target is the velocity v."""
+    """Without clean=, z_t is scheduler.add_noise(the image's own latent repeated); the target is the velocity v."""
     d = draw(cog, seed=2)
     captured = {}
     handle = cog.transformer.register_forward_pre_hook(lambda m, a, kw: captured.update(kw), with_kwargs=True)
@@ -138,9 +149,80 @@ def test_forward_process_and_v_target(cog, image):
     abar = cog.scheduler.alphas_cumprod.double()[d.timestep].float()
     x0 = f.latent.float().expand_as(d.noise)
     c = cog.vae.config.latent_channels
-    torch.testing.assert_close(captured["hidden_states"][:, :, :c], abar.sqrt() * x0 + (1 - abar).sqrt() * d.noise)
-    torch.testing.assert_close(f.target, abar.sqrt() * d.noise - (1 - abar).sqrt() * x0)
+    torch.testing.assert_close(captured["hidden_states"][:, :, :c], abar.sqrt() * x0 + (1 - abar).sqrt() * d.noise,
+                               **TOL)
+    torch.testing.assert_close(f.noisy, captured["hidden_states"][:, :, :c], rtol=0, atol=0)  # what the model saw
+    torch.testing.assert_close(f.target, abar.sqrt() * d.noise - (1 - abar).sqrt() * x0, **TOL)
     assert f.output.shape == f.target.shape == d.noise.shape and f.output.dtype == torch.float32
+    # the protocol pieces: clean_latent is the still video of the image's latent
+    with torch.no_grad():
+        cond = cog.encode(image)
+    torch.testing.assert_close(cog.clean_latent(cond), x0, rtol=0, atol=0)
+    assert cond.latent.shape == (1, 1, 4, 8, 12)
+
+
+def test_target_and_adversarial_pass_share_one_zt(cog, image):
+    """Anti-I2V's IRA compares eps(z_t, z_xi) with eps(z_t, z_psi): with clean= both passes see the same z_t.
+
+    Two different images with the same draw and the same clean still video get bit-identical z_t (and target),
+    while their conditioning (block features) differs; without clean= each image builds its own z_t.
+    """
+    other = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(8))
+    d = draw(cog, seed=5)
+    with torch.no_grad():
+        clean = cog.clean_latent(cog.encode(image))
+    r = req(blocks=(1,), output=True)
+    with torch.no_grad():
+        fa = cog.features(image, d, r, clean=clean)
+        fb = cog.features(other, d, r, clean=clean)
+        own_a = cog.features(image, d, r)
+        own_b = cog.features(other, d, r)
+        own_flag = cog.features(other, d, req(blocks=(1,), output=True, own=True), clean=clean)
+    assert torch.equal(fa.noisy, fb.noisy) and torch.equal(fa.target, fb.target)
+    assert torch.equal(fa.noisy, cog.noisy_latent(clean, d))
+    assert (fa.blocks[1] - fb.blocks[1]).abs().max() > 1e-3  # only the conditioning differs, and it does
+    # without clean=: own z_t per image (the latents differ by O(1), far above rounding)
+    assert (own_a.noisy - own_b.noisy).abs().max() > 1e-2
+    # the clean photo's own pass is the shared-z_t pass; own_latent (AdvDM) ignores clean=
+    assert torch.equal(own_a.noisy, fa.noisy)
+    torch.testing.assert_close(own_a.output, fa.output, rtol=0, atol=0)
+    assert torch.equal(own_flag.noisy, own_b.noisy)
+    # clean= of batch 1 serves a batch of 2; a clean latent of another size is refused by name
+    d2 = draw(cog, seed=5, batch=2)
+    with torch.no_grad():
+        f2 = cog.features(torch.cat([image, other]), d2, req(blocks=(1,)), clean=clean)
+    assert torch.equal(f2.noisy, cog.noisy_latent(clean.expand(2, -1, -1, -1, -1), d2))
+    with pytest.raises(SurrogateError, match="draw.noise"):
+        cog.features(other, d, req(blocks=(1,)), clean=clean[:, :2])
+
+
+def test_image_gradient_with_clean_flows_only_through_the_conditioning(cog, image):
+    """With clean= the image gradient equals a manual pass on a detached z_t, and differs from the own-z_t one."""
+    other = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(8))
+    d = draw(cog, seed=5)
+    with torch.no_grad():
+        clean = cog.clean_latent(cog.encode(image))
+    r = req(blocks=(1,))
+
+    def grad(**kw):
+        x = other.clone().requires_grad_(True)
+        f = cog.features(x, d, r, **kw)
+        return torch.autograd.grad(f.blocks[1].pow(2).mean(), x)[0]
+
+    g_clean, g_own = grad(clean=clean), grad()
+    # manual: conditioning from the image, z_t from the clean latent with no graph at all, full forward
+    x = other.clone().requires_grad_(True)
+    seen = {}
+    handle = cog.transformer.transformer_blocks[1].register_forward_hook(lambda m, a, o: seen.update(o=o[0]))
+    try:
+        cog.denoise(cog.encode(x), cog.noisy_latent(clean, d).detach(), d)
+    finally:
+        handle.remove()
+    (g_manual,) = torch.autograd.grad(seen["o"].pow(2).mean(), x)
+    assert torch.isfinite(g_clean).all() and g_clean.abs().max() > 0
+    assert_grad_close(g_clean, g_manual)
+    # the own-latent gradient also flows through z_t: clearly different (float noise is ~1e-6 relative)
+    assert (g_clean - g_own).norm() > 1e-2 * g_clean.norm()
 
 
 def test_learned_positional_table_is_sliced_and_restored(cog, image):
@@ -201,7 +283,7 @@ def test_early_exit_same_gradient_and_stops(cog, image):
         cog.early_exit = True
         handle.remove()
     assert grads[True].abs().sum() > 0
-    torch.testing.assert_close(grads[True], grads[False], rtol=1e-6, atol=1e-8)
+    assert_grad_close(grads[True], grads[False], rel=1e-6)  # same graph up to block 1
 
 
 def test_features_shapes_and_index_errors(cog, image):
@@ -222,6 +304,20 @@ def test_features_shapes_and_index_errors(cog, image):
         cog.features(image, draw(cog), req(vae=(7,)))
     with pytest.raises(SurrogateError, match="native size 32x48"):
         cog.features(torch.rand(1, 3, 32, 32), draw(cog), req(latent=True))
+
+
+def test_sample_noise_size_keyword(cog):
+    """sample_noise(batch, gen, size=working size) draws at that size; the default is the working size."""
+    a = cog.sample_noise(2, torch.Generator().manual_seed(0))
+    b = cog.sample_noise(2, torch.Generator().manual_seed(0), size=cog.working_size(37, 53))
+    assert torch.equal(a.timestep, b.timestep) and torch.equal(a.noise, b.noise)
+    assert a.noise.shape == (2, 3, 4, 8, 12) and a.noise.dtype == torch.float32
+    with pytest.raises(SurrogateError, match="native size 32x48"):
+        cog.sample_noise(1, torch.Generator(), size=(32, 32))
+    free = CogVideoXSurrogate.tiny(seed=0, use_learned_positional_embeddings=False, working_size=(32, 32))
+    assert free.sample_noise(1, torch.Generator(), size=(16, 24)).noise.shape == (1, 3, 4, 4, 6)
+    with pytest.raises(SurrogateError, match="multiples of 8"):
+        free.sample_noise(1, torch.Generator(), size=(20, 24))
 
 
 def test_save_tiny_from_pretrained_roundtrip_and_errors(tmp_path, cog):
@@ -330,7 +426,7 @@ def test_gradient_checkpointing_same_gradient(cog, image):
                 loss = loss + (f.output - f.target).pow(2).mean()
             grads.append(torch.autograd.grad(loss, x)[0])
         assert grads[0].abs().sum() > 0
-        torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+        assert_grad_close(grads[0], grads[1], rel=1e-4)  # recomputation may reorder a few float sums
     assert active == [True, True]  # checkpointing was on during the calls
     flags = [m.gradient_checkpointing for m in ck.transformer.modules() if hasattr(m, "gradient_checkpointing")]
     assert flags and not any(flags)

@@ -17,19 +17,29 @@ Differences from the pipeline, on purpose:
 * the image latent is the posterior **mode** (mean) instead of a sample: the attack then has no sampling noise
   from the VAE (PhotoGuard and Mist do the same). The equivalence test uses a VAE with a vanishing posterior
   variance so the pipeline's sample equals the mode;
-* the noisy video latent is the *forward process* applied to the image latent repeated over all latent frames
-  (``scheduler.add_noise`` at a random training timestep), as in CogVideoX I2V fine-tuning, instead of the pure
-  noise the sampler starts from;
+* the noisy video latent ``z_t`` is the *forward process* (``scheduler.add_noise`` at a random training
+  timestep) applied to a "still video" ``x0``: an image latent repeated over all latent frames, as in CogVideoX
+  I2V fine-tuning, instead of the pure noise the sampler starts from. The protect loop passes the **clean**
+  photo's still video (:meth:`~.base.Surrogate.clean_latent` of its conditioning) as ``clean=`` to both passes
+  of an iteration, so the target pass and the adversarial pass see one ``z_t`` and only the image conditioning
+  differs, as in Anti-I2V's IRA (Eq. 3-4: ``eps^m(z_t, z_xi, t, y)`` against ``eps^m(z_t, z_psi, t, y)``); the
+  perturbation's gradient then flows only through the conditioning, the path the sampler takes. Without
+  ``clean=`` (or with ``request.own_latent``, AdvDM) ``x0`` is the passed image's own latent;
 * **learned positional embeddings** (CogVideoX-5B-I2V): diffusers accepts only the trained resolution (480x720)
   and, for any frame count other than the trained 49, silently switches to sin-cos embeddings the model never
   saw. This adapter instead slices the learned table to the first ``L`` latent frames (the token order is
   frame-major), by swapping the table for a slice for the duration of one call and restoring it in ``finally``.
   The weights are never changed. :meth:`CogVideoXSurrogate.generate` uses the same slice.
 
+Protocol mapping (:class:`~.base.Surrogate`): :meth:`~CogVideoXSurrogate.encode` runs the VAE and returns the
+scaled image latent (B, 1, C, h, w) as ``Conditioning.latent``; :meth:`~CogVideoXSurrogate.clean_latent` is that
+latent in float32 expanded to (B, L, C, h, w); :meth:`~CogVideoXSurrogate.denoise` pads the conditioning latent in
+time, concatenates it to ``z_t`` and runs the transformer.
+
 Prediction target: CogVideoX is trained with v-prediction (``scheduler.config.prediction_type ==
 "v_prediction"``): ``v = sqrt(abar_t) * noise - sqrt(1 - abar_t) * x0`` (``scheduler.get_velocity``), where ``x0``
-is the image latent repeated over the latent frames. ``epsilon`` configs get the noise as target and ``sample``
-configs ``x0``.
+is the still video ``z_t`` was built from. ``epsilon`` configs get the noise as target and ``sample`` configs
+``x0``.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError, encoder_layers
+from .base import Conditioning, NoiseDraw, Surrogate, SurrogateError, encoder_layers
 from .prompts import PROMPT_FILE, resolve_prompt_embeds, save_prompt_embeds
 
 __all__ = ["CogVideoXSurrogate", "TINY_TRANSFORMER", "TINY_VAE", "SCHEDULER_CONFIG"]
@@ -250,19 +260,26 @@ class CogVideoXSurrogate(Surrogate):
         return (batch, self.latent_frames(), int(self.vae.config.latent_channels), height // s, width // s)
 
     # ----------------------------------------------------------------- noise
-    def sample_noise(self, batch: int, generator: torch.Generator) -> NoiseDraw:
+    def sample_noise(
+        self, batch: int, generator: torch.Generator, *, size: tuple[int, int] | None = None
+    ) -> NoiseDraw:
         """One training timestep, uniform over ``[0, num_train_timesteps)``, and Gaussian video-latent noise.
 
-        The latent shape follows :meth:`working_size` and the current :attr:`num_frames`. Drawn on CPU with
-        ``generator`` (reproducible on every device), then moved to :attr:`device`.
+        Args:
+            batch: images per draw.
+            generator: CPU generator (reproducible on every device); the draws are then moved to :attr:`device`.
+            size: (height, width) in pixels of the images the draw is for (the photo's :meth:`working_size`);
+                None: ``working_size(*default_size)`` (for CogVideoX the working size does not depend on the
+                photo, so both agree). The latent shape also follows the current :attr:`num_frames`.
         """
-        h, w = self.working_size(*self.default_size)
+        h, w = self.working_size(*self.default_size) if size is None else (int(size[0]), int(size[1]))
+        self._check_size(h, w, name="sample_noise size")
         t = torch.randint(0, int(self.scheduler.config.num_train_timesteps), (batch,), generator=generator)
         noise = torch.randn(self.latent_shape(batch, h, w), generator=generator, dtype=torch.float32)
         return NoiseDraw(timestep=t.to(self.device), noise=noise.to(self.device))
 
     # ----------------------------------------------------------------- conditioning
-    def encode_image(self, image: Tensor) -> Tensor:
+    def encode_latent(self, image: Tensor) -> Tensor:
         """Differentiable, scaled image latent (B, 1, C, h, w) of ``image`` (B, 3, H, W) in [0, 1].
 
         Implements ``prepare_latents``: VAE encode of ``2x - 1`` with one frame, posterior mode, then
@@ -318,15 +335,16 @@ class CogVideoXSurrogate(Surrogate):
         )
 
     def denoiser_inputs(
-        self, image: Tensor, noisy_latents: Tensor, timestep: Tensor, *, image_latent: Tensor | None = None
+        self, image: Tensor | None, noisy_latents: Tensor, timestep: Tensor, *, image_latent: Tensor | None = None
     ) -> dict:
         """Keyword arguments for ``transformer(**kwargs)``, exactly as the I2V pipeline builds them.
 
         Args:
-            image: (B, 3, H, W) in [0, 1] at the working size (encoded unless ``image_latent`` is given).
+            image: (B, 3, H, W) in [0, 1] at the working size (encoded unless ``image_latent`` is given; may be
+                None then).
             noisy_latents: (B, L, C, h, w) noisy video latent.
             timestep: (B,) integer timesteps.
-            image_latent: the scaled image latent from :meth:`encode_image`, to avoid encoding twice.
+            image_latent: the scaled image latent from :meth:`encode_latent`, to avoid encoding twice.
 
         Returns:
             ``hidden_states`` (noisy latent and padded image latent concatenated on channels),
@@ -334,10 +352,17 @@ class CogVideoXSurrogate(Surrogate):
             ``attention_kwargs`` and ``return_dict=False``.
         """
         if image_latent is None:
-            image_latent = self.encode_image(image)
+            if image is None:
+                raise SurrogateError("denoiser_inputs: pass image or image_latent")
+            image_latent = self.encode_latent(image)
         b, frames = noisy_latents.shape[:2]
         if image_latent.shape[0] != b:
             raise SurrogateError(f"noisy_latents batch ({b}) must match the image batch ({image_latent.shape[0]})")
+        if noisy_latents.shape[2:] != image_latent.shape[2:]:
+            raise SurrogateError(
+                f"noisy_latents {tuple(noisy_latents.shape)} and the image latent {tuple(image_latent.shape)} differ "
+                "in channels or size: the noisy latent must be at the image's working size"
+            )
         model_in = self.scheduler.scale_model_input(noisy_latents.to(self.dtype), timestep)
         cond = self.image_conditioning(image_latent, frames)
         hidden = torch.cat([model_in, cond], dim=2)
@@ -392,34 +417,55 @@ class CogVideoXSurrogate(Surrogate):
             pe.pos_embedding = table
             pe.sample_frames = saved_frames
 
-    # ----------------------------------------------------------------- forward
-    def _forward(self, image: Tensor, draw: NoiseDraw, request: FeatureRequest, out: Features) -> None:
-        latent = self.encode_image(image)
-        out.latent = latent
-        if not request.needs_denoiser:
-            return
-        b, _, h, w = image.shape
-        shape = self.latent_shape(b, h, w)
+    # ----------------------------------------------------------------- protocol: conditioning, forward process
+    def encode(self, image: Tensor) -> Conditioning:
+        """The image conditioning: the scaled image latent (B, 1, C, h, w) (:meth:`encode_latent`; runs the VAE).
+
+        Padding in time to the latent frame count happens in :meth:`denoise` (it follows :attr:`num_frames` at
+        call time).
+        """
+        return Conditioning(latent=self.encode_latent(image))
+
+    def clean_latent(self, cond: Conditioning) -> Tensor:
+        """The still video ``x0`` of the conditioned photo: its scaled latent, float32, repeated over the latent
+        frames, (B, L, C, h, w) (an expanded view; the shape of :meth:`sample_noise`'s noise)."""
+        latent = cond.latent
+        b, _, c, h, w = latent.shape
+        return latent.float().expand(b, self.latent_frames(), c, h, w)
+
+    def _checked_noise(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
         noise = draw.noise.to(device=self.device, dtype=torch.float32)
-        if tuple(noise.shape) != shape:
+        if noise.shape != x0.shape:
+            s = self.vae_scale_spatial
             raise SurrogateError(
-                f"draw.noise has shape {tuple(noise.shape)} but num_frames={self.num_frames} at {h}x{w} needs "
-                f"{shape}; call sample_noise again after changing num_frames or the size"
+                f"draw.noise has shape {tuple(noise.shape)} but the video latent x0 has shape {tuple(x0.shape)} "
+                f"(num_frames={self.num_frames}, {x0.shape[-2] * s}x{x0.shape[-1] * s} pixels); call sample_noise "
+                "again after changing num_frames or the size"
             )
-        t = draw.timestep.to(self.device)
-        x0 = latent.float().expand(shape)
-        noisy = self.scheduler.add_noise(x0, noise, t)
-        kwargs = self.denoiser_inputs(image, noisy, t, image_latent=latent)
-        with self.learned_positions(shape[1]):
-            pred = self.transformer(**kwargs)[0]
-        out.output = pred.float()
+        return noise
+
+    def noisy_latent(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
+        """``z_t = scheduler.add_noise(x0, noise, t) = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` (float32)."""
+        noise = self._checked_noise(x0, draw)
+        return self.scheduler.add_noise(x0.float(), noise, draw.timestep.to(self.device))
+
+    def prediction_target(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
+        """v (``scheduler.get_velocity``) for v-prediction, the noise for epsilon, ``x0`` for sample (float32)."""
+        noise = self._checked_noise(x0, draw)
         kind = self.scheduler.config.prediction_type
         if kind == "v_prediction":
-            out.target = self.scheduler.get_velocity(x0, noise, t)
-        elif kind == "epsilon":
-            out.target = noise
-        else:
-            out.target = x0
+            return self.scheduler.get_velocity(x0.float(), noise, draw.timestep.to(self.device))
+        if kind == "epsilon":
+            return noise
+        return x0.float()
+
+    def denoise(self, cond: Conditioning, noisy: Tensor, draw: NoiseDraw) -> Tensor:
+        """The transformer on ``cat([z_t, padded image latent], channels)`` (:meth:`denoiser_inputs`), with the
+        learned positional table sliced to the latent frame count (:meth:`learned_positions`)."""
+        t = draw.timestep.to(self.device)
+        kwargs = self.denoiser_inputs(None, noisy, t, image_latent=cond.latent)
+        with self.learned_positions(noisy.shape[1]):
+            return self.transformer(**kwargs)[0]
 
     # ----------------------------------------------------------------- video
     @torch.no_grad()

@@ -15,21 +15,39 @@ configs, see ``tests/test_surrogate_wan21.py``):
    after. ``condition = cat([mask, latent], channels)`` (4 + 16 = 20 channels).
 4. **Denoiser input.** ``hidden_states = cat([noisy video latent, condition], channels)`` (16 + 20 = 36).
 
-Training objective (flow matching, the scheduler's forward process): ``x_t = (1 - sigma) x0 + sigma * noise``
+Training objective (flow matching, the scheduler's forward process): ``z_t = (1 - sigma) x0 + sigma * noise``
 with ``timestep = sigma * num_train_timesteps``; the transformer predicts the flow velocity, so
 ``target = noise - x0``. ``sigma`` is drawn by taking a training timestep index uniformly from
 ``{1, ..., num_train_timesteps}`` and applying the config's shift (``flow_shift`` of ``UniPCMultistepScheduler``
 with ``use_flow_sigmas``, or ``shift`` of ``FlowMatchEulerDiscreteScheduler``):
 ``sigma = shift * s / (1 + (shift - 1) * s)``, ``s = index / num_train_timesteps`` - the same shifted
-sigmas the sampler walks through. ``x0`` is the photo's latent (the first latent frame of the conditioning
-latent, which equals the latent of the photo alone: the VAE's first temporal chunk is the photo) repeated
-over the latent frames, i.e. "a still video of the photo".
+sigmas the sampler walks through. ``x0`` (:meth:`Wan21Surrogate.clean_latent`) is a "still video": the
+normalised latent of a photo (the first latent frame of the conditioning latent, which equals the latent of the
+photo alone: the VAE's first temporal chunk is the photo) repeated over the latent frames.
+
+**One z_t per iteration.** The protect loop passes the **clean** photo's still video as ``clean=`` to both the
+target pass and the adversarial pass of an iteration: both see the same ``z_t`` and only the image conditioning
+(CLIP tokens and conditioning latent) differs, as in Anti-I2V's IRA (Eq. 3-4: ``eps^m(z_t, z_xi, t, y)`` against
+``eps^m(z_t, z_psi, t, y)``), and the perturbation's gradient flows only through the conditioning - the path the
+sampler takes, whose ``z_t`` never comes from the photo. Without ``clean=`` (or with ``request.own_latent``,
+AdvDM) ``x0`` is the passed image's own latent.
+
+**Work split** (:class:`~.base.Surrogate` protocol): :meth:`Wan21Surrogate.encode` encodes the photo alone with
+the VAE (its latent and, through the base class's hooks, the VAE-encoder features); the conditioning the
+denoiser needs (the latent of ``[photo, zero frames]`` and the CLIP tokens) is built the first time
+:meth:`Wan21Surrogate.denoise` needs it and kept in the conditioning (``parts``) for later calls, so requests
+without the denoiser (PhotoGuard's latent, VAE layers) never encode the zero frames nor run CLIP.
+
+**Working size.** Without an explicit ``working_size`` a photo keeps its aspect ratio: it is scaled to about
+the area of ``default_size`` (480 x 832, Wan 480P), never up, each side floored to a multiple of 16 (as ComfyUI
+native surrogates do), so a portrait photo is not stretched to landscape. The noise of an iteration must be
+drawn at that size: ``sample_noise(batch, generator, size=working_size(h, w))``. :meth:`Wan21Surrogate.generate`
+makes its video at the same working size.
 
 VAE-encoder layers: every entry of ``vae.encoder.down_blocks`` (residual blocks and resamplers, in forward
 order) then ``vae.encoder.mid_block``. ``AutoencoderKLWan`` encodes in temporal chunks (frame 0, then 4 frames
-at a time with a causal cache); the base class keeps the *first* call of a layer, which is the chunk that
-holds only the photo, so VAE features have one frame: shape (B, C, 1, h, w). When no denoiser block is
-requested, only that first chunk is encoded (same values, less work).
+at a time with a causal cache); the features are those of the photo's chunk (the photo alone, encoded in
+:meth:`Wan21Surrogate.encode`), so they have one frame: shape (B, C, 1, h, w).
 
 Text: the umT5 embedding of the prompt is cached (``prompts.resolve_prompt_embeds``): exactly 512 tokens,
 because the Wan attention processor splits image and text tokens at ``len - 512``; shorter embeddings are
@@ -41,6 +59,7 @@ Wan 2.2 (two transformers with a ``boundary_ratio``, or ``expand_timesteps``) is
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
@@ -49,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError, encoder_layers
+from .base import Conditioning, NoiseDraw, Surrogate, SurrogateError, encoder_layers
 from .prompts import resolve_prompt_embeds, save_prompt_embeds
 
 __all__ = [
@@ -226,7 +245,8 @@ class Wan21Surrogate(Surrogate):
         prompt_embeds: umT5 embedding (1, <=512, text_dim), a safetensors path, or None
             (``<folder>/prompt_embeds.safetensors``, else zeros).
         folder: the model folder (for the prompt embeddings file).
-        working_size: (height, width) of the optimisation, multiples of 16 (default 480 x 832, Wan 480P).
+        working_size: (height, width) of the optimisation, multiples of 16; None: per photo, its aspect ratio
+            kept at about the area of 480 x 832 (Wan 480P), never upscaled (:meth:`working_size`).
     """
 
     family: ClassVar[str] = "wan21"
@@ -346,6 +366,22 @@ class Wan21Surrogate(Surrogate):
                 f"multiples of {m} (VAE factor 8 x patch 2); resize to the working size {self.working_size(height, width)}"
             )
 
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) the optimisation (and :meth:`generate`) runs at for a ``height`` x ``width`` photo.
+
+        The constructor's ``working_size`` when given. Otherwise the photo's aspect ratio is kept: it is scaled to
+        about the area of :attr:`default_size` (480 x 832), never up, and each side is floored to a multiple of
+        16 (at least 16) - the rule of ComfyUI's native surrogates (``NativeSurrogate.working_size``).
+        """
+        if self._working_size is not None:
+            return (int(self._working_size[0]), int(self._working_size[1]))
+        if height < 1 or width < 1:
+            raise SurrogateError(f"photo size must be positive, got {height}x{width}")
+        m = self.size_multiple
+        area = self.default_size[0] * self.default_size[1]
+        scale = min(1.0, math.sqrt(area / float(height * width)))
+        return (max(m, int(height * scale) // m * m), max(m, int(width * scale) // m * m))
+
     @property
     def temporal_factor(self) -> int:
         return int(self.vae.config.scale_factor_temporal or 4)
@@ -407,18 +443,29 @@ class Wan21Surrogate(Surrogate):
         self._latents_mean = self._latents_mean.to(device)
         self._latents_inv_std = self._latents_inv_std.to(device)
 
-    def sample_noise(self, batch: int, generator: torch.Generator) -> NoiseDraw:
+    def sample_noise(
+        self, batch: int, generator: torch.Generator, *, size: tuple[int, int] | None = None
+    ) -> NoiseDraw:
         """Timestep and noise for one iteration, drawn on CPU with ``generator`` (see the module docstring).
 
-        The noise has the video-latent shape for images at :meth:`working_size` and the current
-        :attr:`num_frames`; ``timestep`` is float32 ``sigma * num_train_timesteps`` (shifted sigmas).
+        Args:
+            batch: images per draw.
+            generator: CPU generator (reproducible on every device); the draws are then moved to :attr:`device`.
+            size: (height, width) in pixels of the images the draw is for: the photo's :meth:`working_size`,
+                which depends on the photo's aspect ratio unless a ``working_size`` was given. None:
+                ``working_size(*default_size)`` (480 x 832, or the fixed working size).
+
+        The noise has the video-latent shape for images of ``size`` at the current :attr:`num_frames`;
+        ``timestep`` is float32 ``sigma * num_train_timesteps`` (shifted sigmas). The timestep is drawn first, so
+        the size does not change it.
         """
+        h, w = self.working_size(*self.default_size) if size is None else (int(size[0]), int(size[1]))
+        self._check_size(h, w, what="sample_noise size")
         n = self.num_train_timesteps
         index = torch.randint(1, n + 1, (batch,), generator=generator)
         s = index.double() / n
         sigma = self.shift * s / (1.0 + (self.shift - 1.0) * s)
         timestep = (sigma * n).float()
-        h, w = self.working_size(*self.default_size)
         noise = torch.randn(self.latent_shape(batch, h, w), generator=generator)
         return NoiseDraw(timestep=timestep.to(self.device), noise=noise.to(self.device))
 
@@ -502,31 +549,72 @@ class Wan21Surrogate(Surrogate):
             "encoder_hidden_states_image": conditioning.image_embeds.to(tdtype),
         }
 
-    def _forward(self, image: Tensor, draw: NoiseDraw, request: FeatureRequest, out: Features) -> None:
+    # ----------------------------------------------------------------- protocol: conditioning, forward process
+    def encode(self, image: Tensor) -> Conditioning:
+        """The photo's conditioning: its normalised VAE latent (B, z, 1, h, w) float32, encoded alone.
+
+        The photo alone is the VAE's first temporal chunk of the pipeline's ``[photo, zero frames]`` video, so its
+        latent and VAE-encoder features are those of the pipeline's conditioning. The rest of the conditioning
+        (condition latent with mask, CLIP tokens) is built by :meth:`conditioning` when the denoiser needs it.
+        ``parts``: ``image`` (the photo, float32 on the device) and ``grad`` (whether gradients were on).
+        """
         b, _, h, w = image.shape
         self._check_size(h, w)
-        frames = self._check_frames(self.num_frames)
-        if not request.needs_denoiser:
-            # the first VAE chunk is the photo alone: same latent and same VAE features as the full video
-            x = image.to(device=self.device, dtype=torch.float32) * 2.0 - 1.0
-            out.latent = self._encode_video(x.unsqueeze(2))
-            return
-        shape = self.latent_shape(b, h, w)
-        if tuple(draw.noise.shape) != shape:
-            raise SurrogateError(
-                f"draw.noise has shape {tuple(draw.noise.shape)} but a {h}x{w} image at num_frames={frames} needs "
-                f"{shape}: draw the noise with sample_noise after setting num_frames, for images at the working size"
-            )
-        cond = self.encode_condition(image, num_frames=frames)
-        out.latent = cond.image_latent
-        x0 = cond.image_latent.expand(-1, -1, shape[2], -1, -1)
+        self._check_frames(self.num_frames)
+        x = image.to(device=self.device, dtype=torch.float32)
+        latent = self._encode_video((x * 2.0 - 1.0).unsqueeze(2))
+        return Conditioning(latent=latent, parts={"image": x, "grad": torch.is_grad_enabled()})
+
+    def conditioning(self, cond: Conditioning) -> WanConditioning:
+        """The pipeline's conditioning (:meth:`encode_condition`) of the photo in ``cond``, built once and kept.
+
+        Kept in ``cond.parts`` per latent frame count (a changed :attr:`num_frames` rebuilds it) and per need for
+        a graph: it is built with gradients only when they are on now, were on in :meth:`encode`, and the photo
+        requires grad (a cached, detached conditioning never builds a graph).
+        """
+        image = cond.parts.get("image")
+        if image is None:
+            raise SurrogateError("this conditioning was not made by Wan21Surrogate.encode (no 'image' part)")
+        graph = bool(torch.is_grad_enabled() and cond.parts.get("grad", True) and image.requires_grad)
+        key = (self.latent_frames(), graph)
+        kept = cond.parts.get("wan")
+        if kept is None or kept[0] != key:
+            with torch.set_grad_enabled(graph):
+                kept = (key, self.encode_condition(image))
+            cond.parts["wan"] = kept
+        return kept[1]
+
+    def clean_latent(self, cond: Conditioning) -> Tensor:
+        """The still video ``x0``: the photo's normalised latent repeated over the latent frames (B, z, T, h, w),
+        float32 (an expanded view; the shape of :meth:`sample_noise`'s noise)."""
+        lat = cond.latent
+        return lat.float().expand(-1, -1, self.latent_frames(), -1, -1)
+
+    def _checked_noise(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
         noise = draw.noise.to(device=self.device, dtype=torch.float32)
+        if noise.shape != x0.shape:
+            s = self.spatial_factor
+            raise SurrogateError(
+                f"draw.noise has shape {tuple(noise.shape)} but the video latent x0 has shape {tuple(x0.shape)} "
+                f"({x0.shape[-2] * s}x{x0.shape[-1] * s} pixels at num_frames={self.num_frames}): draw the noise "
+                "with sample_noise(batch, generator, size=working size) after setting num_frames"
+            )
+        return noise
+
+    def noisy_latent(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
+        """``z_t = (1 - sigma) x0 + sigma * noise`` with ``sigma = timestep / num_train_timesteps`` (float32)."""
+        noise = self._checked_noise(x0, draw)
         sigma = (draw.timestep.to(device=self.device, dtype=torch.float32) / self.num_train_timesteps).view(-1, 1, 1, 1, 1)
-        noisy = (1.0 - sigma) * x0 + sigma * noise
-        kwargs = self.denoiser_inputs(image, noisy, draw.timestep, conditioning=cond)
-        pred = self.transformer(**kwargs, return_dict=False)[0]
-        out.output = pred.float()
-        out.target = noise - x0
+        return (1.0 - sigma) * x0.float() + sigma * noise
+
+    def prediction_target(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
+        """The flow velocity ``noise - x0`` (float32)."""
+        return self._checked_noise(x0, draw) - x0.float()
+
+    def denoise(self, cond: Conditioning, noisy: Tensor, draw: NoiseDraw) -> Tensor:
+        """The transformer on ``cat([z_t, mask, condition latent])`` with the CLIP tokens (:meth:`denoiser_inputs`)."""
+        kwargs = self.denoiser_inputs(None, noisy, draw.timestep, conditioning=self.conditioning(cond))
+        return self.transformer(**kwargs, return_dict=False)[0]
 
     # ----------------------------------------------------------------- generation
     def pipeline(self):
@@ -561,8 +649,8 @@ class Wan21Surrogate(Surrogate):
         """A short I2V video of ``image`` with the real ``WanImageToVideoPipeline`` (cached prompt embeddings).
 
         Args:
-            image: (3, H, W) or (1, 3, H, W) in [0, 1]. Used at its size when both sides are multiples of 16,
-                otherwise resized to :meth:`working_size`.
+            image: (3, H, W) or (1, 3, H, W) in [0, 1], resized to :meth:`working_size` of its size: the size
+                the attack ran at, so the video shows what the protected pixels do to the model.
             num_inference_steps: sampler steps.
             seed: seed of the initial noise (CPU generator): same seed, same video.
             num_frames: frames (``4k + 1``); default :attr:`num_frames`.
@@ -579,9 +667,8 @@ class Wan21Surrogate(Surrogate):
         x = image.unsqueeze(0) if image.ndim == 3 else image
         if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
             raise SurrogateError(f"image must have shape (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
-        h, w = x.shape[-2:]
-        if h % self.size_multiple or w % self.size_multiple:
-            h, w = self.working_size(h, w)
+        h, w = self.working_size(int(x.shape[-2]), int(x.shape[-1]))
+        if tuple(x.shape[-2:]) != (h, w):
             x = resize_to(x.float(), (h, w))
         x = x.to(device=self.device, dtype=torch.float32).clamp(0, 1)
         tdtype = self.transformer.dtype
@@ -705,7 +792,7 @@ class Wan21Surrogate(Surrogate):
         num_frames: int = TINY_NUM_FRAMES,
         dtype: torch.dtype = torch.float32,
         num_layers: int = 4,
-        working_size: tuple[int, int] = (32, 48),
+        working_size: tuple[int, int] | None = (32, 48),
         **kw,
     ) -> "Wan21Surrogate":
         """A tiny random-weight Wan 2.1 I2V of the real classes (about 0.1 M parameters; builds in tens of ms).
@@ -714,7 +801,8 @@ class Wan21Surrogate(Surrogate):
         VAE: base_dim 4, z_dim 16, one residual block per level (7 down blocks + mid block). CLIP: 2 layers,
         hidden 16, 24 x 24 input (patch 8), so the default 32 x 48 working size exercises resize and crop.
         UniPC flow scheduler with ``flow_shift=3.0`` (Wan 480P). The prompt embedding is a seeded random
-        8-token prompt zero-padded to 512 tokens.
+        8-token prompt zero-padded to 512 tokens. ``working_size=None`` gives the real model's per-photo rule
+        (aspect kept, about 480 x 832 pixels, never upscaled; see :meth:`working_size`).
         """
         from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
         from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
