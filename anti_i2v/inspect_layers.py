@@ -237,7 +237,7 @@ def block_pca_maps(
     x = resize_to(x.detach().to(device=surrogate.device, dtype=torch.float32), size).clamp(0.0, 1.0)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     with torch.no_grad(), frozen_models(surrogate.modules()):
-        draw = surrogate.sample_noise(1, gen)
+        draw = surrogate.draw_noise(1, gen, size=size)
         if timestep is not None:
             draw = _fixed_timestep(surrogate, draw, timestep)
         feats = surrogate.features(x, draw, FeatureRequest(blocks=frozenset(indices)))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import inspect
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -294,13 +293,6 @@ def _feature_tensors(f) -> list[Tensor]:
     return out
 
 
-def _accepts_size(surrogate: Surrogate) -> bool:
-    try:
-        return "size" in inspect.signature(surrogate.sample_noise).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def protect(
     image: Tensor,
     surrogate: Surrogate,
@@ -374,7 +366,6 @@ def protect(
     cancelled = False
     model_dtype = _model_dtype(surrogate)
     loss_scale: float | None = None
-    sized = _accepts_size(surrogate)
     settings = {
         "perturbation": perturbation.to_dict(),
         "loop": asdict(config),
@@ -403,7 +394,7 @@ def protect(
             it = 0
             retries = 0
             while it < config.steps:
-                draw = surrogate.sample_noise(b, gen, size=work) if sized else surrogate.sample_noise(b, gen)
+                draw = surrogate.draw_noise(b, gen, size=work)
                 tgt_feats = None
                 if t_img is not None:
                     with torch.no_grad():

@@ -4,6 +4,9 @@ Measures, each in a fresh subprocess (so peak memory is the measurement's own):
 
 * ``per_family``: seconds per iteration (median over iterations after one warm-up) and peak memory of the protect
   loop on each tiny surrogate (CPU) with its default objective;
+* ``caching``: per tiny family, seconds per iteration with the target's conditioning (VAE latent, VAE-encoder
+  features, image-encoder tokens) computed once per run against recomputing it every iteration (the loop before
+  this change), measured in the same run, interleaved, with the ratio;
 * ``early_exit``: on a CogVideoX config with 42 blocks (CPU-sized widths), IRA on block 27 + IRC 3->27, seconds per
   iteration with the early exit against the full forward, measured in the same run, interleaved, with the ratio;
 * ``real_shape`` (``--real-shape``, needs a GPU): CogVideoX-5B-I2V shapes (random weights) at 480x720, bf16, with
@@ -43,7 +46,7 @@ def _peak_mb(device) -> float:
     return kb / 1024.0
 
 
-def _time_loop(surrogate, objective, image, iters: int, seed: int = 0) -> list[float]:
+def _time_loop(surrogate, objective, image, iters: int, seed: int = 0, cache: bool = True) -> list[float]:
     """Seconds of each iteration of one protect run (first iteration excluded as warm-up)."""
     import torch
 
@@ -58,7 +61,8 @@ def _time_loop(surrogate, objective, image, iters: int, seed: int = 0) -> list[f
         stamps.append(time.perf_counter())
 
     t0 = time.perf_counter()
-    protect(image, surrogate, objective, DSPConfig(dct_block=16), ProtectConfig(steps=iters + 1, seed=seed), callback=cb)
+    protect(image, surrogate, objective, DSPConfig(), ProtectConfig(steps=iters + 1, seed=seed), callback=cb,
+            cache_conditioning=cache)
     times = [b - a for a, b in zip([t0] + stamps[:-1], stamps)]
     return times[1:]
 
@@ -86,6 +90,20 @@ def child(kind: str, arg: str, iters: int) -> dict:
                 "memory_note": "CPU: process max RSS (torch itself ~800 MB) and its growth during the loop; "
                                "GPU: torch.cuda.max_memory_allocated",
                 "device": str(device)}
+    if kind == "caching":
+        family, rounds = arg.split(",")
+        s = tiny_surrogate(family, seed=0).to(device)
+        h, w = s.working_size(64, 64)
+        img = torch.rand(1, 3, h, w)
+        obj = s.default_objective()
+        res = {"cached": [], "naive": []}
+        for _ in range(int(rounds)):
+            for mode in ("cached", "naive"):
+                res[mode] += _time_loop(s, obj, img, iters, cache=mode == "cached")
+        c, n = statistics.median(res["cached"]), statistics.median(res["naive"])
+        return {"family": family, "objective": obj.describe(), "s_per_iter_cached": c,
+                "s_per_iter_recomputed_every_iteration": n, "speedup": round(n / c, 3),
+                "iterations_each": len(res["cached"])}
     if kind == "early_exit":
         s = tiny_surrogate("cogvideox", seed=0, num_layers=42).to(device)
         h, w = s.working_size(64, 64)
@@ -151,6 +169,7 @@ def main() -> None:
     ap.add_argument("--families", default="cogvideox,wan21,svd")
     ap.add_argument("--real-shape", action="store_true", help="CogVideoX-5B-I2V shapes at 480x720 (GPU)")
     ap.add_argument("--skip-early-exit", action="store_true")
+    ap.add_argument("--skip-caching", action="store_true")
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -164,6 +183,8 @@ def main() -> None:
                        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
            "note": "tiny random-weight models: figures show relative costs, not real-model times"}
     out["per_family"] = [_run_child("family", f, a.iters) for f in a.families.split(",") if f]
+    if not a.skip_caching:
+        out["caching"] = [_run_child("caching", f"{f},{a.rounds}", a.iters) for f in a.families.split(",") if f]
     if not a.skip_early_exit:
         out["early_exit"] = _run_child("early_exit", str(a.rounds), a.iters)
     if a.real_shape:

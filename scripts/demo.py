@@ -171,8 +171,15 @@ def main() -> int:
         f"- photo: scikit-image astronaut, {orig.shape[-1]}x{orig.shape[-2]} (kept at full size)",
         f"- protect: {len(hist)} iterations in {run_s:.1f} s of workflow time (server start excluded)",
         f"- loss: {hist[0]['loss']:.5g} -> {hist[-1]['loss']:.5g}",
-        f"- saved PNG vs original: L-inf {q['linf_255'][0]:.1f}/255, PSNR {q['psnr_db'][0]:.2f} dB, "
-        f"SSIM {q['ssim'][0]:.4f}",
+        "",
+        "## Imperceptibility (saved PNG vs original)", "",
+        "| figure | value | goal |", "|---|---|---|",
+        f"| L-inf | {q['linf_255'][0]:.1f}/255 | the budget, eps {report['settings']['perturbation']['eps']:g} |",
+        f"| PSNR | {q['psnr_db'][0]:.2f} dB | >= 35 dB |",
+        f"| SSIM | {q['ssim'][0]:.4f} | >= 0.93 |",
+        f"| CIEDE2000 mean / 95th percentile | {q['ciede2000_mean'][0]:.2f} / {q['ciede2000_p95'][0]:.2f} | "
+        "mean <= 2.5 (about 1 is just noticeable) |",
+        f"| mean abs dL* (lightness change) | {q['mean_abs_dl'][0]:.3f} | <= 0.5 |",
     ]
     if metrics:
         def fig(path: list[str]):

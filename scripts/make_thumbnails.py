@@ -53,7 +53,11 @@ def _n(class_type: str, title: str | None = None, **inputs) -> dict:
 
 
 def _dsp() -> dict:
-    return _n("AntiI2V_DSPPerturb", eps=16.0, dct_block=32, dct_channels="rgb", mix=0.5, restore_luminance=False)
+    from anti_i2v.dsp import DSPConfig
+
+    d = DSPConfig()  # the library's defaults: the imperceptible preset the quality benchmark chose
+    return _n("AntiI2V_DSPPerturb", eps=d.eps, dct_block=d.dct_block, dct_channels=d.dct_channels, mix=d.mix,
+              restore_luminance=d.restore_luminance, space=d.space, chroma_downsample=d.chroma_downsample)
 
 
 def _loop(image, surrogate, dsp, losses, *, steps=200) -> dict:
@@ -97,7 +101,7 @@ def preset_cogvideox() -> tuple[dict, dict, str]:
         "## Protect a photo against CogVideoX-5B-I2V (Anti-I2V)\n\n"
         "1. Put the diffusers folder **CogVideoX-5b-I2V** (THUDM/CogVideoX-5b-I2V) in `models/diffusers`.\n"
         "2. Load your photo. **Protect Image** optimises an invisible Dual-Space Perturbation "
-        "(`eps` = 16/255) with the paper's losses: IRA on block 27 + the last VAE-encoder layers, IRC 3 -> 27.\n"
+        "(`eps` = 8/255; 16 is the paper's and stronger, but visible up close) with the paper's losses: IRA on block 27 + the last VAE-encoder layers, IRC 3 -> 27.\n"
         "3. **Preview Attack Video** generates a short video from the clean and the protected photo.\n\n"
         "The loss chart on Protect Image updates live. Open each node's help (?) for tips on layers and eps."
     )

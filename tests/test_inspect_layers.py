@@ -15,7 +15,7 @@ from torch import nn
 
 from anti_i2v.inspect_layers import _fixed_timestep, block_pca_maps, pca_rgb, resolve_blocks, token_grid
 from anti_i2v.surrogates import tiny_surrogate
-from anti_i2v.surrogates.base import FeatureRequest, NoiseDraw, Surrogate, SurrogateError
+from anti_i2v.surrogates.base import Conditioning, FeatureRequest, NoiseDraw, Surrogate, SurrogateError
 from tests import comfy_models as cm
 
 
@@ -176,11 +176,23 @@ class _TokenToy(Surrogate):
     def sample_noise(self, batch, generator):
         return NoiseDraw(timestep=torch.zeros(batch), noise=torch.zeros(0))
 
-    def _forward(self, image, draw, request, out):
-        out.latent = self.embed(image)
-        tokens = out.latent.flatten(2).transpose(1, 2)
+    def encode(self, image):
+        return Conditioning(latent=self.embed(image))
+
+    def clean_latent(self, cond):
+        return cond.latent.float()
+
+    def noisy_latent(self, x0, draw):
+        return x0
+
+    def prediction_target(self, x0, draw):
+        return x0
+
+    def denoise(self, cond, noisy, draw):
+        tokens = cond.latent.flatten(2).transpose(1, 2)
         for blk in self.net:
             tokens = blk(tokens)
+        return tokens
 
 
 def test_unknown_token_grid_is_a_clear_error():
@@ -208,14 +220,16 @@ class _FrameToy(_TokenToy):
             nn.init.zeros_(blk.bias)
         self.mix = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
 
-    def _forward(self, image, draw, request, out):
-        cells = nn.functional.avg_pool2d(image, 4)  # (B, 3, 4, 4)
-        first = cells.flatten(2).transpose(1, 2) @ self.mix  # (B, 16, 8), row-major within the frame
+    def encode(self, image):
+        return Conditioning(latent=nn.functional.avg_pool2d(image, 4))  # (B, 3, 4, 4)
+
+    def denoise(self, cond, noisy, draw):
+        first = cond.latent.flatten(2).transpose(1, 2) @ self.mix  # (B, 16, 8), row-major within the frame
         second = torch.randn(first.shape, generator=torch.Generator().manual_seed(1))
         tokens = torch.cat([first, second], dim=1)
-        out.latent = cells
         for blk in self.net:
             tokens = blk(tokens)
+        return tokens
 
 
 def test_dit_map_is_the_first_frame_in_row_major_order():

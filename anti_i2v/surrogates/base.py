@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import inspect
 from dataclasses import dataclass, field
 from typing import ClassVar, Iterator, Sequence
 
@@ -233,8 +234,10 @@ class Surrogate(abc.ABC):
     def encode(self, image: Tensor) -> Conditioning:
         """The image conditioning of ``image`` (B, 3, H, W in [0, 1] at :meth:`working_size`), differentiable.
 
-        Everything the photo contributes to the denoiser, exactly as the family's pipeline builds it. The VAE
-        encoder runs here (and only here), so VAE-layer hooks see the photo.
+        Everything the photo contributes to the denoiser, exactly as the family's pipeline builds it. The VAE-layer
+        features come from this call (hooks are installed only around it); a family may build more of its
+        conditioning lazily in :meth:`denoise` and keep it in ``parts`` (e.g. Wan's latent of the photo followed
+        by zero frames), so a cached conditioning reuses it across iterations.
         """
 
     @abc.abstractmethod
@@ -300,6 +303,18 @@ class Surrogate(abc.ABC):
             "num_blocks": self.num_blocks,
             "num_vae_layers": self.num_vae_layers,
         }
+
+    def draw_noise(self, batch: int, generator: torch.Generator, size: tuple[int, int] | None = None) -> NoiseDraw:
+        """:meth:`sample_noise` for images at ``size`` (the working size of the photo), for families whose
+        latent depends on it (``sample_noise(..., size=)``); families with a fixed size ignore it."""
+        if size is not None:
+            try:
+                takes_size = "size" in inspect.signature(self.sample_noise).parameters
+            except (TypeError, ValueError):
+                takes_size = False
+            if takes_size:
+                return self.sample_noise(batch, generator, size=tuple(size))
+        return self.sample_noise(batch, generator)
 
     def validate_request(self, request: FeatureRequest) -> None:
         """Raise :class:`SurrogateError` naming the valid range for any bad index."""
