@@ -17,7 +17,18 @@ How the image enters (the same steps as ComfyUI's own nodes, written with differ
   concatenated to every noisy frame, fps 6 / motion bucket 127 / augmentation 0 go to the ``y`` embedding.
 
 Then ``BaseModel.apply_model`` runs with block hooks (Wan: ``diffusion_model.blocks``; SVD: ``input_blocks``,
-``middle_block``, ``output_blocks``). Differences from the nodes, all on purpose: ``VAE.encode`` is replaced by
+``middle_block``, ``output_blocks``).
+
+In the surrogate protocol (:class:`anti_i2v.surrogates.base.Surrogate`): :meth:`~NativeSurrogate.encode` builds the
+image conditioning above (the VAE runs there, on the photo, so VAE-layer hooks see the photo's own features);
+:meth:`~NativeSurrogate.clean_latent` is the **still video** of the photo, the same definition as the diffusers
+adapters: the photo's latent (``process_latent_in`` of the VAE latent of the photo alone; for Wan the first latent
+frame of the conditioning video, which the causal VAE encodes from the photo alone) repeated over the latent
+frames. (Until Nov 2026 native Wan used the whole [photo, grey frames] conditioning video as x0, i.e. a video
+that fades to grey, which no sampler ever starts from.) :meth:`~NativeSurrogate.noisy_latent` is the model's own
+``model_sampling.noise_scaling`` (EDM ``x0 + sigma * eps`` for SVD, flow ``(1 - sigma) x0 + sigma * eps`` for Wan),
+:meth:`~NativeSurrogate.denoise` is ``apply_model``, which returns ComfyUI's *denoised* x0 estimate, so
+:meth:`~NativeSurrogate.prediction_target` is x0. Differences from the nodes, all on purpose: ``VAE.encode`` is replaced by
 ``vae.first_stage_model.encode(vae.process_input(x))`` (``VAE.encode`` writes into a preallocated buffer and
 may fall back to tiling, which cuts the graph); the ``round()`` in CLIP preprocessing keeps its forward value but
 passes the gradient straight through (``round`` has zero gradient); the shadow's CLIP-vision layers add their
@@ -38,8 +49,14 @@ to the model's native pixel area when larger (Wan 480p: 480 x 832; SVD: 576 x 10
 set on ``WanImageToVideo`` / ``SVD_img2vid_Conditioning`` for that photo. ``size=`` fixes it instead.
 
 Noise: :meth:`NativeSurrogate.sample_noise` draws the timestep (a sigma from the model's own
-``model_sampling``) and a noise *seed* (``draw.extra["noise_seed"]``); the Gaussian noise itself is drawn in
-``_forward`` once the latent shape is known, so the target and the adversarial pass share it exactly.
+``model_sampling``) and a noise *seed* (``draw.extra["noise_seed"]``); the Gaussian noise itself is drawn from that
+seed in :meth:`NativeSurrogate.noisy_latent` at the shape of x0 (so ``sample_noise``'s ``size=`` is accepted and not
+needed). Two passes with the same draw and the same ``clean=`` x0 therefore see one bit-identical ``z_t``.
+
+Binding: every entry point that runs a model (:meth:`~NativeSurrogate.features`,
+:meth:`~NativeSurrogate.encode_image`, ``encode``, ``denoise``, :meth:`~NativeSurrogate.noisy_latent`, which reads
+the model's ``model_sampling``) runs inside :meth:`NativeSurrogate.bound`; nested calls reuse the outer binding.
+``clean_latent`` and ``prediction_target`` are tensor arithmetic on their inputs and touch no model.
 
 This module imports ComfyUI lazily (inside functions) and uses only absolute imports, so it can be imported,
 documented and unit-tested without ComfyUI on the path.
@@ -57,7 +74,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from anti_i2v.surrogates.base import FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError
+from anti_i2v.surrogates.base import Conditioning, FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError
+from anti_i2v.surrogates.svd import unet_default_objective
 
 __all__ = [
     "NATIVE_FAMILIES",
@@ -410,23 +428,45 @@ class NativeSurrogate(Surrogate):
         return d
 
     # ------------------------------------------------------------- protocol
-    def sample_noise(self, batch: int, generator: torch.Generator) -> NoiseDraw:
+    def sample_noise(self, batch: int, generator: torch.Generator, *,
+                     size: Sequence[int] | None = None) -> NoiseDraw:
         """A sigma per image from the model's own ``model_sampling`` and a seed for the latent noise.
 
         The sigma is ``model_sampling.percent_to_sigma(u)`` with ``u ~ U(0.02, 0.98)`` (the sampler's own
-        schedule mapping, shift included); the noise tensor is drawn in ``_forward`` from the seed once the
-        latent shape is known.
+        schedule mapping, shift included); the noise tensor is drawn from the seed in :meth:`noisy_latent` at the
+        shape of x0. ``size`` (the images' (height, width)) is accepted for the loop's contract and not needed.
         """
+        if batch < 1:
+            raise SurrogateError(f"batch must be >= 1, got {batch}")
         u = 0.02 + 0.96 * torch.rand(batch, generator=generator)
         ms = self.model.model.model_sampling
         sig = torch.tensor([float(ms.percent_to_sigma(float(p))) for p in u], dtype=torch.float32)
         seed = torch.randint(0, 2**62, (1,), generator=generator)
         return NoiseDraw(timestep=sig, noise=torch.empty(0), extra={"noise_seed": seed})
 
-    def features(self, image: Tensor, draw: NoiseDraw, request: FeatureRequest) -> Features:
+    def features(self, image: Tensor | None, draw: NoiseDraw, request: FeatureRequest, *,
+                 clean: Tensor | None = None, cond: Conditioning | None = None) -> Features:
         """:meth:`Surrogate.features` on the shadows, bound to the user's weights for this call only."""
         with self.bound():
-            return super().features(image, draw, request)
+            return super().features(image, draw, request, clean=clean, cond=cond)
+
+    def encode_image(self, image: Tensor, vae_layers: frozenset[int] | set[int] = frozenset()) -> Conditioning:
+        """:meth:`Surrogate.encode_image` on the bound shadows (the loop caches the clean photo's and the target's)."""
+        with self.bound():
+            return super().encode_image(image, vae_layers)
+
+    def noisy_latent(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
+        """``model_sampling.noise_scaling(sigma, eps, x0)`` with eps drawn from the draw's seed at x0's shape."""
+        with self.bound():
+            if draw.timestep.shape[0] != x0.shape[0]:
+                raise SurrogateError(f"draw: {draw.timestep.shape[0]} timestep(s) for a latent batch of {x0.shape[0]}")
+            noise = self._noise(draw, x0.shape)
+            sigma = draw.timestep.to(self.device, torch.float32)
+            return self.base_model.model_sampling.noise_scaling(sigma, noise, x0.to(self.device).float()).float()
+
+    def prediction_target(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
+        """x0: ``apply_model`` returns ComfyUI's denoised estimate (not eps, v or the flow)."""
+        return x0.float()
 
     def _noise(self, draw: NoiseDraw, shape: Sequence[int]) -> Tensor:
         seed = int(draw.extra["noise_seed"].reshape(-1)[0]) if "noise_seed" in draw.extra else 0
@@ -458,6 +498,23 @@ class NativeSurrogate(Surrogate):
             params.setdefault("height", noise.shape[-2] * 8)
         conds = self.base_model.extra_conds(**params)
         return {k: v.process_cond(batch_size=batch, area=None).concat([]) for k, v in conds.items()}
+
+    def _cv_parts(self, image_bhwc: Tensor) -> dict:
+        """The tensors of the differentiable CLIP-vision output, as ``Conditioning.parts`` entries."""
+        out = _clip_vision_encode(self._cv_shadow.root, self.clip_vision, image_bhwc)
+        keys = ("last_hidden_state", "image_embeds", "penultimate_hidden_states", "all_hidden_states", "mm_projected")
+        return {f"clip_vision.{k}": getattr(out, k) for k in keys if isinstance(getattr(out, k, None), Tensor)}
+
+    @staticmethod
+    def _cv_output(parts: dict) -> Any:
+        """A ``comfy.clip_vision.Output`` rebuilt from :meth:`_cv_parts` entries."""
+        import comfy.clip_vision
+
+        res = comfy.clip_vision.Output()
+        for k, v in parts.items():
+            if k.startswith("clip_vision."):
+                res[k[len("clip_vision."):]] = v
+        return res
 
     def _run(self, x: Tensor, sigma: Tensor, conds: dict) -> Tensor:
         return self.base_model.apply_model(x, sigma, transformer_options=self._transformer_options(sigma), **conds)
@@ -551,36 +608,53 @@ class NativeWan21Surrogate(NativeSurrogate):
         grey = torch.full((b, length - 1, h, w, 3), 0.5, device=pixels.device, dtype=pixels.dtype)
         return torch.cat([pixels[:, None, ..., :3], grey], dim=1)
 
-    def _forward(self, image: Tensor, draw: NoiseDraw, request: FeatureRequest, out: Features) -> None:
+    def encode(self, image: Tensor) -> Conditioning:
+        """``WanImageToVideo``'s conditioning of ``image`` (B, 3, H, W in [0, 1]), differentiable.
+
+        ``latent``: ``process_latent_in`` of the photo's latent (the first latent frame of the conditioning video),
+        (B, 16, 1, h, w), as the diffusers Wan adapter. ``parts``: ``concat_latent_image`` (the raw VAE latent of
+        [photo, grey frames], (B, 16, T, h, w)) and, with a CLIP_VISION, the CLIP-vision output tensors.
+        """
         import comfy.utils
 
-        b, _, h, w = image.shape
-        length = int(self.num_frames)
-        x = image.to(self.device, torch.float32)
-        start = comfy.utils.common_upscale(x, w, h, "bilinear", "center").movedim(1, -1)  # (B, H, W, 3)
-        video = self._video(start, length).movedim(-1, 1)  # (B, 3, T, H, W)
-        lat = self._encode_latent(video)  # (B, 16, t, h/8, w/8), unscaled as VAE.encode returns
-        x0 = self.base_model.process_latent_in(lat)
-        out.latent = x0
-        if not request.needs_denoiser:
-            return
-        t_lat = lat.shape[2]
-        mask = torch.ones((1, 1, t_lat, lat.shape[-2], lat.shape[-1]), device=lat.device, dtype=lat.dtype)
-        mask[:, :, :1] = 0.0  # ((start frames - 1) // 4) + 1 = 1 latent frame is known
-        cond = dict(self.text_extra)
-        cond["cross_attn"] = self.text_cond.to(self.device)
-        cond["concat_latent_image"] = lat
-        cond["concat_mask"] = mask
-        if self.clip_vision is not None:
-            cond["clip_vision_output"] = _clip_vision_encode(self._cv_shadow.root, self.clip_vision,
-                                                              start.to(self.device))
-        noise = self._noise(draw, lat.shape)
-        sigma = draw.timestep.to(self.device, torch.float32)
-        ms = self.base_model.model_sampling
-        xt = ms.noise_scaling(sigma, noise, x0)
-        conds = self._model_conds(cond, noise, b)
-        out.output = self._run(xt, sigma, conds)
-        out.target = x0
+        with self.bound():
+            b, _, h, w = image.shape
+            length = int(self.num_frames)
+            x = image.to(self.device, torch.float32)
+            start = comfy.utils.common_upscale(x, w, h, "bilinear", "center").movedim(1, -1)  # (B, H, W, 3)
+            video = self._video(start, length).movedim(-1, 1)  # (B, 3, T, H, W)
+            lat = self._encode_latent(video)  # (B, 16, t, h/8, w/8), unscaled as VAE.encode returns
+            parts: dict = {"concat_latent_image": lat}
+            if self.clip_vision is not None:
+                parts.update(self._cv_parts(start))
+            return Conditioning(latent=self.base_model.process_latent_in(lat[:, :, :1]), parts=parts)
+
+    def clean_latent(self, cond: Conditioning) -> Tensor:
+        """The still video: the photo's latent repeated over the T latent frames, (B, 16, T, h, w)."""
+        t_lat = cond.parts["concat_latent_image"].shape[2]
+        return cond.latent.float().expand(-1, -1, t_lat, -1, -1)
+
+    def denoise(self, cond: Conditioning, noisy: Tensor, draw: NoiseDraw) -> Tensor:
+        """``apply_model`` with the conditioning of ``WanImageToVideo`` (mask on the first latent frame)."""
+        with self.bound():
+            lat = cond.parts["concat_latent_image"]
+            b = lat.shape[0]
+            if noisy.shape[0] != b or noisy.shape[2:] != lat.shape[2:]:
+                raise SurrogateError(
+                    f"the noisy latent has shape {tuple(noisy.shape)} but the conditioning latent {tuple(lat.shape)}: "
+                    "batch, latent frames and size must match (was num_frames changed after clean_latent?)"
+                )
+            mask = torch.ones((1, 1, lat.shape[2], lat.shape[-2], lat.shape[-1]), device=lat.device, dtype=lat.dtype)
+            mask[:, :, :1] = 0.0  # ((start frames - 1) // 4) + 1 = 1 latent frame is known
+            c = dict(self.text_extra)
+            c["cross_attn"] = self.text_cond.to(self.device)
+            c["concat_latent_image"] = lat
+            c["concat_mask"] = mask
+            if self.clip_vision is not None:
+                c["clip_vision_output"] = self._cv_output(cond.parts)
+            sigma = draw.timestep.to(self.device, torch.float32)
+            conds = self._model_conds(c, noisy, b)
+            return self._run(noisy, sigma, conds)
 
     def _sampling_inputs(self, pixels: Tensor, h: int, w: int):
         import comfy.utils
@@ -673,40 +747,75 @@ class NativeSVDSurrogate(NativeSurrogate):
     def block_shapes_match(self, i: int, j: int) -> bool:
         return self._layout[i] == self._layout[j]
 
-    def _forward(self, image: Tensor, draw: NoiseDraw, request: FeatureRequest, out: Features) -> None:
+    @property
+    def num_down_blocks(self) -> int:
+        """``len(input_blocks)``: the middle block's index."""
+        return len(self.model.model.diffusion_model.input_blocks)
+
+    def default_objective(self):
+        """IRA on ``middle_block`` + the last two VAE-encoder layers, IRC from a shallow input block to the output
+        block that mirrors it (same shape); see :func:`anti_i2v.surrogates.svd.unet_default_objective`.
+
+        Real SVD (25 blocks): IRA 12, IRC 2 -> 22 (``input_blocks.2`` -> ``output_blocks.9``, 320 channels at the
+        full latent size).
+        """
+        return unet_default_objective(self, self.num_down_blocks)
+
+    def encode(self, image: Tensor) -> Conditioning:
+        """``SVD_img2vid_Conditioning``'s image inputs of ``image`` (B, 3, H, W in [0, 1]), differentiable.
+
+        ``latent``: ``process_latent_in`` of the clean photo's VAE latent (scaled like the video latents, as the
+        diffusers SVD adapter). ``parts``: ``pixels`` (for the per-draw augmented latent), ``image_latent`` (the
+        unscaled latent SVD concatenates), ``image_embeds`` (CLIP-vision image embedding).
+        """
         import comfy.utils
 
-        b, _, h, w = image.shape
-        frames = int(self.num_frames)
-        x = image.to(self.device, torch.float32)
-        pixels = comfy.utils.common_upscale(x, w, h, "bilinear", "center")  # (B, 3, H, W)
+        with self.bound():
+            b, _, h, w = image.shape
+            x = image.to(self.device, torch.float32)
+            pixels = comfy.utils.common_upscale(x, w, h, "bilinear", "center")  # (B, 3, H, W)
+            lat = self._encode_latent(pixels)  # (B, 4, h/8, w/8); the clean photo: what VAE-layer hooks see
+            cv = _clip_vision_encode(self._cv_shadow.root, self.clip_vision, x.movedim(1, -1))
+            return Conditioning(latent=self.base_model.process_latent_in(lat),
+                                parts={"pixels": pixels, "image_latent": lat, "image_embeds": cv.image_embeds})
+
+    def clean_latent(self, cond: Conditioning) -> Tensor:
+        """The still video: the scaled photo latent repeated over ``num_frames``, (B, F, 4, h, w)."""
+        return cond.latent.float().unsqueeze(1).expand(-1, int(self.num_frames), -1, -1, -1)
+
+    def conditioning_latent(self, cond: Conditioning, draw: NoiseDraw) -> Tensor:
+        """The unscaled latent SVD concatenates: of ``pixels + augmentation_level * n`` (n from the draw's seed + 1)."""
+        if self.augmentation_level <= 0:
+            return cond.parts["image_latent"]
+        pixels = cond.parts["pixels"]
         noise_seed = int(draw.extra["noise_seed"].reshape(-1)[0]) if "noise_seed" in draw.extra else 0
-        if self.augmentation_level > 0:
-            g = torch.Generator(device="cpu").manual_seed(noise_seed + 1)
-            aug = torch.randn(pixels.shape, generator=g).to(pixels.device)
-            pixels = pixels + aug * self.augmentation_level
-        lat = self._encode_latent(pixels)  # (B, 4, h/8, w/8), unscaled as SVD concatenates it
-        out.latent = lat
-        if not request.needs_denoiser:
-            return
-        cv = _clip_vision_encode(self._cv_shadow.root, self.clip_vision, x.movedim(1, -1))
-        x0 = self.base_model.process_latent_in(lat)
-        noise = self._noise(draw, (b * frames,) + tuple(lat.shape[1:]))
-        sigma = draw.timestep.to(self.device, torch.float32).repeat_interleave(frames)
-        x0v = x0.repeat_interleave(frames, dim=0)  # the still video of the photo
-        xt = self.base_model.model_sampling.noise_scaling(sigma, noise, x0v)
-        per_image = []
-        for i in range(b):
-            cond = {"cross_attn": cv.image_embeds[i:i + 1].unsqueeze(0), "motion_bucket_id": self.motion_bucket_id,
-                    "fps": self.fps, "augmentation_level": self.augmentation_level,
-                    "concat_latent_image": lat[i:i + 1]}
-            per_image.append(self._model_conds(cond, noise[i * frames:(i + 1) * frames], frames))
-        conds = {}
-        for k in per_image[0]:
-            vals = [c[k] for c in per_image]
-            conds[k] = torch.cat(vals) if isinstance(vals[0], Tensor) else vals[0]
-        out.output = self._run(xt, sigma, conds)
-        out.target = x0v
+        g = torch.Generator(device="cpu").manual_seed(noise_seed + 1)
+        aug = torch.randn(pixels.shape, generator=g).to(pixels.device)
+        return self._encode_latent(pixels + aug * self.augmentation_level)
+
+    def denoise(self, cond: Conditioning, noisy: Tensor, draw: NoiseDraw) -> Tensor:
+        """``apply_model`` on the (B * F) frames of ``noisy`` (B, F, 4, h, w); returns (B, F, 4, h, w)."""
+        with self.bound():
+            b, frames = noisy.shape[:2]
+            lat = self.conditioning_latent(cond, draw)
+            if lat.shape[0] != b or lat.shape[1:] != noisy.shape[2:]:
+                raise SurrogateError(f"the noisy latent has shape {tuple(noisy.shape)} but the conditioning latent "
+                                     f"{tuple(lat.shape)}: batch and size must match")
+            xt = noisy.reshape(b * frames, *noisy.shape[2:])
+            sigma = draw.timestep.to(self.device, torch.float32).repeat_interleave(frames)
+            emb = cond.parts["image_embeds"]
+            per_image = []
+            for i in range(b):
+                c = {"cross_attn": emb[i:i + 1].unsqueeze(0), "motion_bucket_id": self.motion_bucket_id,
+                     "fps": self.fps, "augmentation_level": self.augmentation_level,
+                     "concat_latent_image": lat[i:i + 1]}
+                per_image.append(self._model_conds(c, xt[i * frames:(i + 1) * frames], frames))
+            conds = {}
+            for k in per_image[0]:
+                vals = [c[k] for c in per_image]
+                conds[k] = torch.cat(vals) if isinstance(vals[0], Tensor) else vals[0]
+            out = self._run(xt, sigma, conds)
+            return out.reshape(b, frames, *out.shape[1:])
 
     def _sampling_inputs(self, pixels: Tensor, h: int, w: int):
         import comfy.utils

@@ -14,17 +14,23 @@ The image enters SVD in two ways, both rebuilt here exactly as diffusers' ``Stab
   scaled noisy latent.
 * **added_time_ids** = ``[fps - 1, motion_bucket_id, noise_aug_strength]`` (pipeline defaults 7, 127, 0.02).
 
-Diffusion (EDM, v-prediction, ``EulerDiscreteScheduler`` with ``timestep_type="continuous"``):
+Diffusion (EDM, v-prediction, ``EulerDiscreteScheduler`` with ``timestep_type="continuous"``), in the protocol of
+:class:`~anti_i2v.surrogates.base.Surrogate`:
 
-* the clean video latent x0 is the image latent (VAE mode of the *clean* image, times the scaling factor,
-  as the pipeline scales video latents) repeated over the ``num_frames`` latent frames (SVD has no temporal
-  compression);
-* forward process (``EulerDiscreteScheduler.add_noise``): x = x0 + sigma * eps;
+* :meth:`SVDSurrogate.encode` runs the VAE on the *clean* photo (the only VAE call VAE-layer hooks see: the photo's
+  own features) and the CLIP tower; ``Conditioning.latent`` is that latent times the scaling factor (as the
+  pipeline scales video latents), ``parts`` hold the pixels, the unscaled latent and the CLIP embedding. The
+  conditioning latent of the *noise-augmented* image needs the draw's ``aug_noise``, so :meth:`SVDSurrogate.denoise`
+  encodes ``pixels + noise_aug_strength * aug_noise`` itself (with ``noise_aug_strength == 0`` that equals the clean
+  latent and the second VAE call is skipped);
+* :meth:`SVDSurrogate.clean_latent`: x0 = the scaled image latent repeated over the ``num_frames`` latent frames
+  (SVD has no temporal compression): the still video of the photo, (B, F, C, h, w);
+* :meth:`SVDSurrogate.noisy_latent` (``EulerDiscreteScheduler.add_noise``): x = x0 + sigma * eps;
 * model input (``scale_model_input``): c_in * x with c_in = 1 / sqrt(sigma^2 + 1);
 * timestep fed to the U-Net: 0.25 * ln(sigma), the scheduler's continuous timestep;
-* prediction target v = (eps - sigma * x0) / sqrt(sigma^2 + 1): the value of the model output F for which the
-  scheduler's denoiser x0_hat = c_skip * x + c_out * F (c_skip = 1 / (sigma^2 + 1), c_out = -sigma / sqrt(sigma^2
-  + 1)) returns x0 exactly.
+* :meth:`SVDSurrogate.prediction_target`: v = (eps - sigma * x0) / sqrt(sigma^2 + 1), the value of the model
+  output F for which the scheduler's denoiser x0_hat = c_skip * x + c_out * F (c_skip = 1 / (sigma^2 + 1),
+  c_out = -sigma / sqrt(sigma^2 + 1)) returns x0 exactly.
 
 Sigma sampling (``sigma_sampling``): ``"karras"`` (default) draws uniformly among the sigmas the SVD sampler
 visits, i.e. the scheduler's Karras schedule of ``sigma_steps`` steps (25, the pipeline's default) between its
@@ -33,11 +39,23 @@ The scheduler's discrete training table (sigmas 0.03-14.6 from the betas) does n
 in, so it is not used. ``"lognormal"`` draws EDM's ln(sigma) ~ N(p_mean, p_std^2) (defaults -1.2 and 1.2 from
 Karras et al. 2022; set them to the schedule you want to cover).
 
-Blocks: ``unet.down_blocks`` + ``[unet.mid_block]`` + ``unet.up_blocks`` (names ``down_blocks.0``,
-``mid_block``, ``up_blocks.2``); outputs are (batch * frames, C, h, w) and differ in shape between levels, so
-:meth:`SVDSurrogate.block_shapes_match` runs (and caches) a one-frame shape probe. VAE-encoder layers:
-``encoder.down_blocks.*`` then ``encoder.mid_block`` of the VAE's 2-D encoder (the first VAE call of a forward
-pass, the clean image, is the one captured).
+Working size: ``working_size=`` when given; otherwise the photo's aspect ratio at about SVD's 576 x 1024 pixel
+area, sides rounded to multiples of 64 (a 1080 x 1920 photo works at 576 x 1024, a portrait 1920 x 1080 at
+1024 x 576, not stretched to landscape). :meth:`SVDSurrogate.sample_noise` takes ``size=(h, w)``, the size the
+images of the iteration have (default: the working size of a 576 x 1024 photo); :meth:`SVDSurrogate.generate`
+makes its video at the working size of the photo it gets, i.e. the size the attack ran at.
+
+Blocks: the U-Net in the layout of the original (generative-models / ComfyUI) SVD U-Net, so that a block index
+means the same block here and in the native ComfyUI surrogate: ``conv_in`` (ComfyUI ``input_blocks.0``), then per
+down level each resnet (+ its spatio-temporal transformer) and the downsampler (``input_blocks.1 ..``),
+``mid_block`` (``middle_block``), then per up level each resnet (+ transformer), the level's last one together
+with its upsampler (``output_blocks.*``). Real SVD: 12 + 1 + 12 = 25 blocks (``input_blocks.k`` = block k,
+``middle_block`` = 12, ``output_blocks.k`` = 13 + k). Names are the diffusers module paths
+(``down_blocks.0.attentions.1``, ``down_blocks.0.downsamplers.0``, ``up_blocks.3.attentions.2``). Outputs are
+(batch * frames, C, h, w) and differ in shape between levels: :meth:`SVDSurrogate.block_shapes_match` reads them
+from a one-frame probe (run once per U-Net, cached) and :meth:`SVDSurrogate.default_objective` pairs a shallow
+down-path block with the up-path block that mirrors it (the one its skip connection feeds) and has its shape.
+VAE-encoder layers: ``encoder.down_blocks.*`` then ``encoder.mid_block`` of the VAE's 2-D encoder.
 """
 
 from __future__ import annotations
@@ -52,9 +70,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError, encoder_layers, first_tensor
+from .base import Conditioning, FeatureRequest, NoiseDraw, Surrogate, SurrogateError, encoder_layers, first_tensor
 
-__all__ = ["SVDSurrogate", "clip_preprocess", "antialiased_resize", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
+__all__ = [
+    "SVDSurrogate",
+    "clip_preprocess",
+    "antialiased_resize",
+    "unet_default_objective",
+    "aspect_working_size",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+]
 
 #: CLIP normalisation used by SVD's feature extractor (OpenAI CLIP values).
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -155,6 +181,62 @@ def clip_preprocess(
     return (x - m) / s
 
 
+# --------------------------------------------------------------------------- working size, default objective
+def aspect_working_size(height: int, width: int, area: int, multiple: int) -> tuple[int, int]:
+    """(h, w) with the aspect ratio of ``height x width``, about ``area`` pixels, sides multiples of ``multiple``.
+
+    Scales up or down (the model works best near its training area): 1080 x 1920 -> 576 x 1024 for SVD's
+    576 * 1024 area, 1920 x 1080 -> 1024 x 576, 512 x 512 -> 768 x 768.
+    """
+    height, width = int(height), int(width)
+    if height < 1 or width < 1:
+        raise SurrogateError(f"image size must be positive, got {height}x{width}")
+    scale = math.sqrt(float(area) / float(height * width))
+    h = max(multiple, int(round(height * scale / multiple)) * multiple)
+    w = max(multiple, int(round(width * scale / multiple)) * multiple)
+    return (h, w)
+
+
+def unet_default_objective(surrogate: Surrogate, num_down: int):
+    """The paper's default objective mapped onto a U-Net in the generative-models block layout.
+
+    Blocks ``0 .. num_down - 1`` are the down path (ComfyUI ``input_blocks``), ``num_down`` the middle block,
+    the rest the up path (``output_blocks``); up block ``u`` takes the skip connection of down block
+    ``n_up - 1 - u``, so down block ``k`` is mirrored by block ``num_down + n_up - k``.
+
+    * IRA reads the middle block (the U-Net's deepest features) and the last two VAE-encoder layers.
+    * IRC pulls the up-path block that mirrors a shallow down-path block onto it. The shallow block is the down
+      block nearest to the paper's depth ratio (block 3 of CogVideoX's 42, i.e. ``round(3 / 42 * n)``, at least 1:
+      block 0 is the input convolution) whose mirror outputs features of its shape; blocks next to a resampler
+      differ in shape from their mirror and are skipped. Real SVD (25 blocks): IRC 2 -> 22 (320 channels at the
+      full latent size), IRA 12.
+
+    When no down block has a mirror of its shape, the objective has no IRC term and says so in ``notes``.
+    """
+    from ..losses import IRALoss, IRCLoss, Objective
+
+    n = surrogate.num_blocks
+    n_up = n - num_down - 1
+    nv = surrogate.num_vae_layers
+    vae = tuple(range(max(nv - 2, 0), nv))
+    terms = [IRALoss(blocks=(num_down,), vae_layers=vae, weight=1.0)]
+    notes: list[str] = []
+    target = min(max(round(3 / 42 * n), 1), max(num_down - 1, 0))
+    order = sorted(range(1, num_down), key=lambda k: (abs(k - target), k)) + ([0] if num_down > 0 else [])
+    pair = None
+    for k in order:
+        j = num_down + n_up - k
+        if num_down < j < n and surrogate.block_shapes_match(k, j):
+            pair = (k, j)
+            break
+    if pair is not None:
+        terms.append(IRCLoss(pairs=(pair,), weight=1.0))
+    else:
+        notes.append(f"IRC left out: no down-path block of the {surrogate.family} U-Net has a mirroring up-path block "
+                     "of the same output shape; pick an IRC pair of equal shapes by hand")
+    return Objective(tuple(terms), tuple(notes))
+
+
 # --------------------------------------------------------------------------- adapter
 class SVDSurrogate(Surrogate):
     """Stable Video Diffusion image-to-video as an Anti-I2V surrogate.
@@ -180,7 +262,8 @@ class SVDSurrogate(Surrogate):
         p_std: std of ln(sigma) (``"lognormal"``).
         image_mean: CLIP normalisation mean of the feature extractor.
         image_std: CLIP normalisation std of the feature extractor.
-        working_size: (height, width) to optimise at; default :attr:`default_size` (SVD's 576 x 1024).
+        working_size: (height, width) to optimise at; default: the photo's aspect ratio at about 576 x 1024 pixels
+            (multiples of 64, see :func:`aspect_working_size`).
     """
 
     family = "svd"
@@ -278,11 +361,38 @@ class SVDSurrogate(Surrogate):
         return self.unet
 
     def denoiser_blocks(self) -> list[tuple[str, nn.Module]]:
+        """The U-Net in the generative-models / ComfyUI block layout (see the module docstring)."""
         u = self.unet
-        blocks = [(f"down_blocks.{i}", b) for i, b in enumerate(u.down_blocks)]
+        blocks: list[tuple[str, nn.Module]] = [("conv_in", u.conv_in)]
+        for i, blk in enumerate(u.down_blocks):
+            attns = getattr(blk, "attentions", None)
+            for j, res in enumerate(blk.resnets):
+                if attns is not None and j < len(attns):
+                    blocks.append((f"down_blocks.{i}.attentions.{j}", attns[j]))
+                else:
+                    blocks.append((f"down_blocks.{i}.resnets.{j}", res))
+            for j, down in enumerate(getattr(blk, "downsamplers", None) or []):
+                blocks.append((f"down_blocks.{i}.downsamplers.{j}", down))
         blocks.append(("mid_block", u.mid_block))
-        blocks += [(f"up_blocks.{i}", b) for i, b in enumerate(u.up_blocks)]
+        for i, blk in enumerate(u.up_blocks):
+            attns = getattr(blk, "attentions", None)
+            ups = list(getattr(blk, "upsamplers", None) or [])
+            n = len(blk.resnets)
+            for j, res in enumerate(blk.resnets):
+                if ups and j == n - 1:
+                    continue  # the level's last resnet (+ transformer) and its upsampler are one block
+                if attns is not None and j < len(attns):
+                    blocks.append((f"up_blocks.{i}.attentions.{j}", attns[j]))
+                else:
+                    blocks.append((f"up_blocks.{i}.resnets.{j}", res))
+            for j, up in enumerate(ups):
+                blocks.append((f"up_blocks.{i}.upsamplers.{j}", up))
         return blocks
+
+    @property
+    def num_down_blocks(self) -> int:
+        """Blocks of the down path (``conv_in`` included); the middle block has this index."""
+        return self.block_names.index("mid_block")
 
     def vae_encoder_layers(self) -> list[tuple[str, nn.Module]]:
         return encoder_layers(self.vae.encoder, "encoder")
@@ -305,20 +415,45 @@ class SVDSurrogate(Surrogate):
         )
         return d
 
-    def latent_shape(self, batch: int) -> tuple[int, int, int, int, int]:
-        """(B, F, C, h, w) of the video latent at the working size and the current :attr:`num_frames`."""
-        h, w = self.working_size(*self.default_size)
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        """``working_size=`` when given, else the photo's aspect ratio at about SVD's pixel area (multiples of 64)."""
+        if self._working_size is not None:
+            return self._working_size
+        return aspect_working_size(height, width, self.default_size[0] * self.default_size[1], self.size_multiple)
+
+    def _check_size(self, size: Sequence[int], what: str = "size") -> tuple[int, int]:
+        try:
+            h, w = (int(size[0]), int(size[1]))
+        except (TypeError, ValueError, IndexError):
+            raise SurrogateError(f"{what} must be (height, width), got {size!r}") from None
+        f = self.vae_scale_factor
+        if h < f or w < f or h % f or w % f:
+            raise SurrogateError(f"{what} must be positive multiples of {f} (the VAE factor), got {(h, w)}")
+        return h, w
+
+    def latent_shape(self, batch: int, size: Sequence[int] | None = None) -> tuple[int, int, int, int, int]:
+        """(B, F, C, h, w) of the video latent for images of ``size`` (default: the working size of a 576 x 1024
+        photo) at the current :attr:`num_frames`."""
+        h, w = self._check_size(size) if size is not None else self.working_size(*self.default_size)
         f = self.vae_scale_factor
         return (batch, self.num_frames, int(self.vae.config.latent_channels), h // f, w // f)
 
-    def sample_noise(self, batch: int, generator: torch.Generator) -> NoiseDraw:
+    def sample_noise(self, batch: int, generator: torch.Generator, *, size: Sequence[int] | None = None) -> NoiseDraw:
         """Draw sigma, the latent noise and the conditioning-augmentation noise (on CPU, then moved).
 
+        Args:
+            batch: images in the iteration.
+            generator: CPU generator (sigma, then the latent noise, then the augmentation noise).
+            size: (height, width) of the images the draw is for, multiples of 8; default
+                ``working_size(576, 1024)``. The protect loop passes its working size.
+
         ``timestep`` is the scheduler's continuous timestep 0.25 * ln(sigma) and ``extra["sigma"]`` the sigma;
-        ``extra["aug_noise"]`` (B, 3, H, W) is the noise added to the image before its conditioning latent.
+        ``noise`` is (B, F, C, h / 8, w / 8) and ``extra["aug_noise"]`` (B, 3, h, w) is the noise added to the
+        image before its conditioning latent.
         """
         if batch < 1:
             raise SurrogateError(f"batch must be >= 1, got {batch}")
+        h, w = self._check_size(size) if size is not None else self.working_size(*self.default_size)
         if self.sigma_sampling == "karras":
             idx = torch.randint(0, len(self._sigma_table), (batch,), generator=generator)
             sigma = self._sigma_table[idx]
@@ -326,9 +461,8 @@ class SVDSurrogate(Surrogate):
         else:
             sigma = torch.exp(self.p_mean + self.p_std * torch.randn(batch, generator=generator))
             timestep = 0.25 * sigma.log()
-        shape = self.latent_shape(batch)
+        shape = self.latent_shape(batch, (h, w))
         noise = torch.randn(shape, generator=generator)
-        h, w = self.working_size(*self.default_size)
         aug = torch.randn((batch, 3, h, w), generator=generator)
         dev = self.device
         return NoiseDraw(
@@ -353,6 +487,69 @@ class SVDSurrogate(Surrogate):
         ids = torch.tensor([[self.fps - 1, self.motion_bucket_id, self.noise_aug_strength]], dtype=dtype or self.dtype)
         return ids.repeat(batch, 1).to(self.device)
 
+    def encode(self, image: Tensor) -> Conditioning:
+        """The clean photo's VAE latent (the VAE call VAE-layer hooks see) and CLIP embedding (differentiable).
+
+        ``latent``: (B, C, h, w) VAE mode x scaling factor. ``parts``: ``pixels`` (B, 3, H, W) in [-1, 1] (for the
+        per-draw augmented conditioning latent), ``image_latent`` (the unscaled mode), ``image_embeds`` (B, 1, D).
+        """
+        b, _, h, w = image.shape
+        f = self.vae_scale_factor
+        if h % f or w % f:
+            raise SurrogateError(f"image height and width must be multiples of {f} for SVD's VAE, got {h}x{w}")
+        x = image.to(self.device).float()
+        pixels = x * 2.0 - 1.0
+        lat = self.encode_latent(pixels).float()  # first VAE call: the photo's own VAE features
+        emb = self.encode_image_embeds(x)
+        return Conditioning(
+            latent=lat * float(self.vae.config.scaling_factor),
+            parts={"pixels": pixels, "image_latent": lat, "image_embeds": emb},
+        )
+
+    def conditioning_latent(self, cond: Conditioning, aug_noise: Tensor) -> Tensor:
+        """Unscaled VAE mode of the noise-augmented image ``pixels + noise_aug_strength * aug_noise`` (B, C, h, w).
+
+        With ``noise_aug_strength == 0`` this is the clean latent of :meth:`encode` (no second VAE call).
+        """
+        pixels = cond.parts["pixels"]
+        if self.noise_aug_strength == 0:
+            return cond.parts["image_latent"]
+        if tuple(aug_noise.shape) != tuple(pixels.shape):
+            raise SurrogateError(
+                f"draw: aug_noise of shape {tuple(aug_noise.shape)} does not fit images of shape {tuple(pixels.shape)}; "
+                "draw with sample_noise(batch, generator, size=(h, w)) for the images' size"
+            )
+        return self.encode_latent(pixels + self.noise_aug_strength * aug_noise.to(pixels.device).float()).float()
+
+    def _draw_extras(self, draw: NoiseDraw) -> tuple[Tensor, Tensor]:
+        sigma = draw.extra.get("sigma")
+        aug = draw.extra.get("aug_noise")
+        if sigma is None or aug is None:
+            raise SurrogateError("draw: SVD needs extra['sigma'] and extra['aug_noise']; use SVDSurrogate.sample_noise")
+        return sigma, aug
+
+    def unet_inputs(self, cond: Conditioning, noisy_latents: Tensor, draw: NoiseDraw) -> dict[str, Tensor]:
+        """The keyword arguments the pipeline passes to the U-Net for a conditioning and a noisy video latent.
+
+        ``sample`` is c_in * x concatenated on channels with the unscaled latent of the noise-augmented image
+        (repeated over frames); ``timestep``, ``encoder_hidden_states`` (CLIP embedding), ``added_time_ids``.
+        """
+        sigma, aug = self._draw_extras(draw)
+        b, f = noisy_latents.shape[:2]
+        emb = cond.parts["image_embeds"]
+        if emb.shape[0] != b:
+            raise SurrogateError(f"the conditioning has batch {emb.shape[0]} but the noisy latent {b}")
+        lat = self.conditioning_latent(cond, aug).to(emb.dtype)
+        lat = lat.unsqueeze(1).repeat(1, f, 1, 1, 1)
+        s = sigma.float().to(noisy_latents.device).view(b, 1, 1, 1, 1)
+        scaled = (noisy_latents.float() / (s**2 + 1) ** 0.5).to(emb.dtype)
+        return {
+            "sample": torch.cat([scaled, lat], dim=2),
+            "timestep": draw.timestep.float().to(self.device),
+            "encoder_hidden_states": emb,
+            "added_time_ids": self.added_time_ids(b, emb.dtype),
+        }
+
     def denoiser_inputs(
         self,
         image: Tensor,
@@ -371,58 +568,57 @@ class SVDSurrogate(Surrogate):
             aug_noise: (B, 3, H, W) conditioning-augmentation noise.
 
         Returns:
-            ``sample`` (c_in * x concatenated on channels with the unscaled latent of the noise-augmented image,
-            repeated over frames), ``timestep``, ``encoder_hidden_states`` (CLIP embedding) and ``added_time_ids``.
+            See :meth:`unet_inputs`.
         """
-        b, f = noisy_latents.shape[:2]
-        emb = self.encode_image_embeds(image)
-        cond_pixels = image.float() * 2.0 - 1.0 + self.noise_aug_strength * aug_noise.float()
-        cond = self.encode_latent(cond_pixels).to(emb.dtype)
-        cond = cond.unsqueeze(1).repeat(1, f, 1, 1, 1)
-        s = sigma.float().to(noisy_latents.device).view(b, 1, 1, 1, 1)
-        scaled = (noisy_latents.float() / (s**2 + 1) ** 0.5).to(emb.dtype)
-        return {
-            "sample": torch.cat([scaled, cond], dim=2),
-            "timestep": timestep.float().to(self.device),
-            "encoder_hidden_states": emb,
-            "added_time_ids": self.added_time_ids(b, emb.dtype),
-        }
+        draw = NoiseDraw(timestep=timestep, noise=noisy_latents, extra={"sigma": sigma, "aug_noise": aug_noise})
+        return self.unet_inputs(self.encode(image), noisy_latents, draw)
 
-    def _forward(self, image: Tensor, draw: NoiseDraw, request: FeatureRequest, out: Features) -> None:
-        b, _, h, w = image.shape
-        f = self.vae_scale_factor
-        if h % f or w % f:
-            raise SurrogateError(f"image height and width must be multiples of {f} for SVD's VAE, got {h}x{w}")
+    def clean_latent(self, cond: Conditioning) -> Tensor:
+        """The still video of the photo: the scaled image latent repeated over :attr:`num_frames`, (B, F, C, h, w)."""
+        lat = cond.latent.float()
+        return lat.unsqueeze(1).expand(-1, self.num_frames, -1, -1, -1)
+
+    def _check_noise(self, x0: Tensor, draw: NoiseDraw) -> tuple[Tensor, Tensor]:
+        sigma, _ = self._draw_extras(draw)
         noise = draw.noise
-        sigma = draw.extra.get("sigma")
-        aug = draw.extra.get("aug_noise")
-        if sigma is None or aug is None:
-            raise SurrogateError("draw: SVD needs extra['sigma'] and extra['aug_noise']; use SVDSurrogate.sample_noise")
-        if noise.shape[0] != b or noise.shape[1] != self.num_frames or tuple(noise.shape[-2:]) != (h // f, w // f):
+        if tuple(noise.shape) != tuple(x0.shape):
+            b, frames = x0.shape[:2]
+            f = self.vae_scale_factor
+            h, w = x0.shape[-2] * f, x0.shape[-1] * f
             raise SurrogateError(
                 f"draw: noise of shape {tuple(noise.shape)} does not fit an image batch of {b} at {h}x{w} with "
-                f"num_frames={self.num_frames} (expected ({b}, {self.num_frames}, C, {h // f}, {w // f})); "
-                "draw again with sample_noise after changing num_frames or the working size"
+                f"num_frames={frames} (expected {tuple(x0.shape)}); draw again with "
+                f"sample_noise(batch, generator, size=({h}, {w})) after changing num_frames or the working size"
             )
-        x = image.to(self.device).float()
-        # clean image latent, scaled like the video latents (first VAE call: the one VAE hooks capture)
-        latent = self.encode_latent(x * 2.0 - 1.0).float() * float(self.vae.config.scaling_factor)
-        out.latent = latent
-        if not request.needs_denoiser:
-            return
-        x0 = latent.unsqueeze(1).expand(-1, noise.shape[1], -1, -1, -1)
-        s = sigma.float().view(b, 1, 1, 1, 1)
-        eps = noise.float()
-        noisy = x0 + s * eps  # EulerDiscreteScheduler.add_noise
-        inputs = self.denoiser_inputs(x, noisy, sigma, draw.timestep, aug)
-        pred = self.unet(**inputs, return_dict=False)[0]
-        out.output = pred.float()
-        out.target = (eps - s * x0) / (s**2 + 1) ** 0.5  # v for EDM: c_skip * x + c_out * v == x0
+        return sigma.float().to(x0.device).view(-1, 1, 1, 1, 1), noise.float().to(x0.device)
+
+    def noisy_latent(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
+        """``EulerDiscreteScheduler.add_noise``: x0 + sigma * eps (float32)."""
+        s, eps = self._check_noise(x0, draw)
+        return x0.float() + s * eps
+
+    def prediction_target(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
+        """v for EDM: (eps - sigma x0) / sqrt(sigma^2 + 1), so that c_skip * x + c_out * v == x0."""
+        s, eps = self._check_noise(x0, draw)
+        return (eps - s * x0.float()) / (s**2 + 1) ** 0.5
+
+    def denoise(self, cond: Conditioning, noisy: Tensor, draw: NoiseDraw) -> Tensor:
+        """The U-Net on ``noisy`` (B, F, C, h, w) with the pipeline's inputs; returns v (B, F, C, h, w)."""
+        return self.unet(**self.unet_inputs(cond, noisy, draw), return_dict=False)[0]
 
     # ----------------------------------------------------------------- IRC shapes
+    def probe_size(self) -> tuple[int, int]:
+        """Pixel size of the shape probe: the smallest latent every U-Net level halves evenly (16 x 16 for SVD)."""
+        side = 2 ** max(len(self.unet.down_blocks), 1) * self.vae_scale_factor
+        return (side, side)
+
     def block_shapes(self) -> list[torch.Size]:
-        """Output shape of every block at the working size for one frame (probe run once per size, cached)."""
-        size = self.working_size(*self.default_size)
+        """Output shape of every block for one frame at :meth:`probe_size` (probe run once, cached).
+
+        Which blocks share a shape does not depend on the size as long as every level halves it evenly, which
+        the working size guarantees (multiples of 64 for SVD).
+        """
+        size = self.probe_size()
         if size not in self._shape_cache:
             f = self.vae_scale_factor
             dev = self.device
@@ -457,6 +653,13 @@ class SVDSurrogate(Surrogate):
         self.validate_request(FeatureRequest(blocks=frozenset((i, j))))
         shapes = self.block_shapes()
         return shapes[i] == shapes[j]
+
+    def default_objective(self):
+        """IRA on the middle block + the last two VAE-encoder layers; IRC from a shallow down block to its mirror.
+
+        See :func:`unet_default_objective` (real SVD: IRA 12, IRC 2 -> 22, tiny: IRA 4, IRC 1 -> 7).
+        """
+        return unet_default_objective(self, self.num_down_blocks)
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -613,11 +816,13 @@ class SVDSurrogate(Surrogate):
         num_inference_steps: int = 3,
         seed: int = 0,
         num_frames: int | None = None,
+        size: tuple[int, int] | None = None,
     ) -> Tensor:
         """A short I2V video of ``image`` with diffusers' ``StableVideoDiffusionPipeline`` (deterministic).
 
         The photo goes to the pipeline as an 8-bit PIL image, as a user's file would (the pipeline's tensor path
-        skips the CLIP resize); the pipeline resizes it to the working size. Pipeline defaults otherwise
+        skips the CLIP resize); the pipeline resizes it to ``working_size(H, W)`` of the photo, the size the attack
+        on that photo runs at (``size=`` overrides it). Pipeline defaults otherwise
         (classifier-free guidance 1 -> 3 over frames), with this adapter's fps / motion / augmentation settings.
 
         Args:
@@ -625,6 +830,7 @@ class SVDSurrogate(Surrogate):
             num_inference_steps: Euler steps.
             seed: seed of the CPU generator (noise augmentation and initial latents).
             num_frames: frames to generate; :attr:`num_frames` if None.
+            size: (height, width) of the video, multiples of 8; the photo's working size if None.
 
         Returns:
             (F, 3, h, w) float32 video in [0, 1] on CPU at the working size.
@@ -637,7 +843,7 @@ class SVDSurrogate(Surrogate):
             raise SurrogateError(f"num_frames must be >= 1, got {num_frames}")
         arr = (image[0].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         pil = Image.fromarray(arr)
-        h, w = self.working_size(*self.default_size)
+        h, w = self._check_size(size) if size is not None else self.working_size(image.shape[-2], image.shape[-1])
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         with torch.inference_mode(False), torch.no_grad():
             video = self.pipeline()(
