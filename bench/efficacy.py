@@ -43,13 +43,30 @@ NOTE = (
 )
 
 
-def _astronaut(size: int) -> torch.Tensor:
-    """The astronaut portrait (scikit-image wheel, public domain) as (1, 3, size, size) in [0, 1]."""
+#: photos of the installed scikit-image wheel (loaded from the package, never committed): name -> full size (H, W)
+PHOTOS = {"astronaut": (512, 512), "camera": (512, 512), "coffee": (400, 600)}
+
+
+def load_photo(name: str, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """A scikit-image photo as (1, 3, H, W) in [0, 1]: full size when ``size`` is None, else resized (bicubic) to
+    ``size`` (an int: square; or (height, width)). Grey photos (camera) are repeated to RGB."""
     from PIL import Image
     from skimage import data
 
-    rgb = np.array(Image.fromarray(data.astronaut()).resize((size, size), Image.BICUBIC))
-    return torch.from_numpy(rgb).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+    if name not in PHOTOS:
+        raise ValueError(f"unknown photo {name!r}; choose from {', '.join(PHOTOS)}")
+    arr = getattr(data, name)()
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else size
+        arr = np.array(Image.fromarray(arr).resize((int(w), int(h)), Image.BICUBIC))
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+
+
+def _astronaut(size: int) -> torch.Tensor:
+    """The astronaut portrait (scikit-image wheel, public domain) as (1, 3, size, size) in [0, 1]."""
+    return load_photo("astronaut", size)
 
 
 def quantize(image: torch.Tensor) -> torch.Tensor:
@@ -102,6 +119,21 @@ def _summary(drift: dict) -> dict:
     return out
 
 
+def video_of(surrogate, image: torch.Tensor, *, gen_steps: int, seed: int, frames: int | None = None) -> torch.Tensor:
+    """The video ``surrogate`` generates from ``image`` (same seed and settings for every photo compared)."""
+    from anti_i2v.verify import generate_video
+
+    return generate_video(surrogate, image, steps=gen_steps, seed=seed, num_frames=frames)
+
+
+def drift_of(surrogate, ref: torch.Tensor, vid: torch.Tensor, *, seed: int, source: torch.Tensor | None = None) -> dict:
+    """Drift of video ``vid`` from ``ref``: mean video PSNR / SSIM and the latent distance under the surrogate's VAE
+    (plus identity figures when ``source``, the clean photo, is given: real weights only)."""
+    from anti_i2v.verify import compare_videos
+
+    return _summary(compare_videos(ref, vid, source=source, encoder=surrogate, faces=source is not None, seed=seed))
+
+
 def _winner(drifts: dict) -> dict:
     """Which photo (protected or one of the noise controls) drifted the video most, per figure."""
     names = [n for n in CONDITIONS if n in drifts]
@@ -122,7 +154,6 @@ def run_family(family: str, args) -> dict:
     from anti_i2v.metrics import image_quality
     from anti_i2v.protect import ProtectConfig, protect
     from anti_i2v.surrogates import load_surrogate, tiny_surrogate
-    from anti_i2v.verify import compare_videos, generate_video
 
     t0 = time.perf_counter()
     if args.model:
@@ -145,11 +176,11 @@ def run_family(family: str, args) -> dict:
     }
 
     def video(img):
-        return generate_video(s, img, steps=args.gen_steps, seed=args.seed, num_frames=args.frames)
+        return video_of(s, img, gen_steps=args.gen_steps, seed=args.seed, frames=args.frames)
 
     def drift(ref, vid):
         src = photo if args.model else None  # identity (ISM) only means something with real weights
-        return _summary(compare_videos(ref, vid, source=src, encoder=s, faces=bool(args.model), seed=args.seed))
+        return drift_of(s, ref, vid, seed=args.seed, source=src)
 
     q = args.jpeg_quality
     clean_v = video(photo)
