@@ -18,7 +18,8 @@ Each iteration (Anti-I2V Alg. 1):
    diffusion loss keeps its own definition (``z_t`` from the perturbed image itself) in a pass of its own;
 6. objective = sum of weighted terms, computed in float32; its gradient is taken with a loss scale (fp16 and
    bf16 models: per-element gradients of a mean over ~1e7 features underflow half precision otherwise);
-   signed-gradient (or Adam) step on the DSP parameters, bounded in pixel units.
+   a step on the DSP parameters (the gradient scaled to its peak by default; signed PGD or Adam on request),
+   bounded in pixel units.
 
 The loop never changes the input tensors, the models' weights, their ``requires_grad`` flags, training flags
 or hooks, also when it fails or is cancelled.
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 SCHEDULES = ("constant", "linear", "cosine")
-OPTIMIZERS = ("sign", "adam")
+OPTIMIZERS = ("normalized", "sign", "adam")
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,9 @@ class ProtectConfig:
         steps: iterations (paper: 200).
         step_size: step per iteration in 1/255 pixel units (the signed step of PGD; Adam's learning rate).
         schedule: step-size schedule: ``constant``, ``linear`` (to 10%) or ``cosine`` (to 10%).
-        optimizer: ``sign`` (signed gradient, L-inf PGD) or ``adam``.
+        optimizer: ``normalized`` (default: the gradient scaled so that the most sensitive pixel moves by the
+            step; see :func:`anti_i2v.dsp.step_params` for why), ``sign`` (signed gradient, classic L-inf PGD)
+            or ``adam``.
         seed: makes the result bit-identical on the same machine.
         quantize: snap the result to the 8-bit grid within the budget, so a saved PNG is exactly what was
             measured (turn off to keep float outputs).
@@ -81,7 +84,7 @@ class ProtectConfig:
     steps: int = 200
     step_size: float = 1.0
     schedule: str = "constant"
-    optimizer: str = "sign"
+    optimizer: str = "normalized"
     seed: int = 0
     quantize: bool = True
     robust_jpeg: int = 0
@@ -450,7 +453,7 @@ def protect(
                         for p in tensors:
                             p.grad = None
                     else:
-                        dsp_mod.step_params(params, grads, lr, perturbation)
+                        dsp_mod.step_params(params, grads, lr, perturbation, rule=config.optimizer)
                     dsp_mod.project_params(params, perturbation)
                 row = {"step": it + 1, "loss": float(total.detach())}
                 row.update({n: float(values[n].detach()) for n in names})

@@ -7,7 +7,10 @@ every budget (``--budgets``, L-inf in 1/255 of the [0, 1] range):
 * every perturbation space the pack offers (``anti_i2v.dsp.SPACES``: ``dsp`` the Dual-Space Perturbation, ``ab``
   its a*/b* colour part alone, ``dct`` its low-frequency DCT part alone, ``rgb`` plain per-pixel RGB L-inf PGD),
   each built as ``DSPConfig(space=name, eps=budget)`` with its other defaults, protected for ``--steps``
-  signed steps of ``budget * --step-ratio`` with the surrogate's default objective;
+  steps of ``budget * --step-ratio`` with the surrogate's default objective, with the loop's default step rule
+  (the gradient scaled to its peak) - except ``rgb``, which takes PGD's signed steps, as the baselines of the
+  field define RGB L-inf PGD; ``rgb_normalized`` is RGB with the loop's step rule, so the tables show what the
+  space adds and what the step rule adds;
 * two controls with the same L-inf budget: uniform noise in [-eps, eps] and random-sign noise of +-eps;
 * ``default``: the pack's default preset (``anti_i2v.protect.PRESETS["default"]``: its budget, space, step size
   and loop options), one point per photo and family, at ``--default-steps`` iterations (default: ``--steps``, so
@@ -124,6 +127,29 @@ def space_config(space: str, eps: float):
     if space not in LEGACY_SPACES:
         raise ValueError(f"space {space!r} is not offered by this anti_i2v (no anti_i2v.dsp.SPACES)")
     return dsp.DSPConfig(eps=eps, **LEGACY_SPACES[space])
+
+
+RGB_NORMALIZED = "rgb_normalized"
+
+
+def methods_of(spaces: list[str]) -> list[str]:
+    """The optimised methods for ``spaces``: each space, plus RGB with the pack's step rule when RGB is run."""
+    return list(spaces) + ([RGB_NORMALIZED] if "rgb" in spaces else [])
+
+
+def method_setup(method: str, eps: float, steps: int, step_ratio: float, seed: int):
+    """(DSPConfig, ProtectConfig) of one optimised method at budget ``eps``.
+
+    Every space runs with the loop's default step rule, except ``rgb``: plain RGB L-inf PGD as the baselines of
+    the field define it, with signed steps. ``rgb_normalized`` is RGB with the pack's step rule, to show how much
+    of a difference comes from the space and how much from the step rule.
+    """
+    from anti_i2v.protect import ProtectConfig
+
+    space = "rgb" if method == RGB_NORMALIZED else method
+    rule = "sign" if method == "rgb" else ProtectConfig().optimizer
+    loop = ProtectConfig(steps=steps, step_size=eps * step_ratio, seed=seed, optimizer=rule)
+    return space_config(space, eps), loop
 
 
 def default_method(steps: int | None, seed: int):
@@ -253,7 +279,7 @@ def run_task(family: str, pname: str, args) -> dict:
     def efficacy(img):
         return {c: eff.drift_of(s, refs[c], video(fn(img)), seed=args.seed) for c, fn in conds.items()}
 
-    runs = [(sp, e) for sp in args.spaces for e in args.budgets] + [(DEFAULT_METHOD, d_cfg.eps)]
+    runs = [(m, e) for m in methods_of(args.spaces) for e in args.budgets] + [(DEFAULT_METHOD, d_cfg.eps)]
     res: dict = {}
     t_all = time.perf_counter()
     for i, (method, e) in enumerate(runs, 1):
@@ -261,8 +287,7 @@ def run_task(family: str, pname: str, args) -> dict:
         if method == DEFAULT_METHOD:
             cfg, loop = d_cfg, d_loop
         else:
-            cfg = space_config(method, e)
-            loop = ProtectConfig(steps=args.steps, step_size=e * args.step_ratio, seed=args.seed)
+            cfg, loop = method_setup(method, e, args.steps, args.step_ratio, args.seed)
         out = protect(photo, s, objective, cfg, loop)
         img = eff.quantize(out.protected)
         hist = out.history
@@ -582,8 +607,9 @@ def main(argv: list[str] | None = None) -> dict:
         "disruption": DISRUPTION_TEXT,
         "settings": settings,
         "methods": {
-            **{sp: f"DSPConfig(space={sp!r}, eps=budget), other defaults; {args.steps} signed steps of "
-                   f"budget * {args.step_ratio:g}" for sp in args.spaces},
+            **{m: f"DSPConfig(space={method_setup(m, 1.0, 1, 1.0, 0)[0].space!r}, eps=budget), other defaults; "
+                  f"{args.steps} {method_setup(m, 1.0, 1, 1.0, 0)[1].optimizer} steps of budget * {args.step_ratio:g}"
+               for m in methods_of(args.spaces)},
             "uniform_noise": "i.i.d. uniform noise in [-eps, eps] per pixel (control)",
             "sign_noise": "+-eps per pixel with random signs (control: the L-inf corner)",
             DEFAULT_METHOD: "the pack's PRESETS['default'] (see 'default' below): one point per photo and family",

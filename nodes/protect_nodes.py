@@ -55,8 +55,10 @@ class ProtectLoop(io.ComfyNode):
                                        "or Adam's learning rate)."),
                 io.Combo.Input("schedule", options=list(SCHEDULES), default="constant",
                                tooltip="Step-size schedule: constant, or decaying linearly / by cosine to 10%."),
-                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="sign",
-                               tooltip="sign: L-inf PGD (signed gradient); adam: Adam on the DSP parameters."),
+                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default=ProtectConfig().optimizer,
+                               tooltip="normalized (default): the gradient scaled so the most sensitive pixel "
+                                       "moves by step_size, less visible change for the same effect; sign: "
+                                       "classic L-inf PGD (signed gradient); adam: Adam on the DSP parameters."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Seed of the timesteps and noise; the same seed gives the same result."),
                 io.Int.Input("frames", default=0, min=0, max=1024,

@@ -62,7 +62,7 @@ def _dsp() -> dict:
 
 def _loop(image, surrogate, dsp, losses, *, steps=200) -> dict:
     return _n("AntiI2V_ProtectLoop", image=image, surrogate=surrogate, perturbation=dsp, losses=losses,
-              steps=steps, step_size=1.0, schedule="constant", optimizer="sign", seed=0, frames=0,
+              steps=steps, step_size=1.0, schedule="constant", optimizer="normalized", seed=0, frames=0,
               robust_jpeg=0)
 
 

@@ -99,7 +99,7 @@ def test_quick_run_has_every_figure_for_every_method(tmp_path, capsys):
     assert s["spaces"] == spaces and s["photos"] == ["astronaut"] and len(s["families"]) == 1
     budgets = [f"{e:g}" for e in s["budgets"]]
     default_eps = f"{report['default']['perturbation']['eps']:g}"
-    methods = set(spaces) | {"uniform_noise", "sign_noise", "default"}
+    methods = set(b.methods_of(spaces)) | {"uniform_noise", "sign_noise", "default"}
     (fam,) = s["families"]
     res = report["results"]["astronaut"][fam]
     assert set(res) == methods

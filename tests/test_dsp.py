@@ -108,15 +108,16 @@ class TestApplyDSP:
 class TestStepAndBounds:
     """The numerics that keep the DSP imperceptible: pixel-unit steps and bounds for both parts."""
 
+    @pytest.mark.parametrize("rule", ["normalized", "sign"])
     @pytest.mark.parametrize("space", SPACES)
-    def test_one_signed_step_moves_no_pixel_more_than_the_step(self, space):
+    def test_one_step_moves_no_pixel_more_than_the_step(self, space, rule):
         x = _photo_like(h=96, w=120)
         cfg = DSPConfig(eps=64, dct_block=16, space=space, restore_luminance=False)
         p = init_params(x, config=cfg)
         g = torch.Generator().manual_seed(1)
         grads = [torch.randn(t.shape, generator=g) for t in p.tensors()]
         lr = 1 / 255
-        step_params(p, grads, lr, cfg)
+        step_params(p, grads, lr, cfg, rule=rule)
         moved = float((apply_dsp(x, p, cfg) - x).abs().max())
         # the a*/b* scale is a first-order bound: allow 10 % for the curvature of Lab -> sRGB
         assert lr * 0.3 < moved <= lr * 1.1
@@ -125,6 +126,20 @@ class TestStepAndBounds:
         x = torch.tensor([[[[0.5, 0.9]], [[0.5, 0.1]], [[0.5, 0.1]]]])  # grey and a saturated red
         s = chroma_scale(x)
         assert s.shape == (1, 1, 1, 2) and bool((s > 0).all()) and float(s[0, 0, 0, 0]) != float(s[0, 0, 0, 1])
+
+    def test_normalized_step_follows_the_gradient(self):
+        """The default rule moves each element in proportion to its gradient: vanishing gradient, no change."""
+        x = _photo_like()
+        cfg = DSPConfig(eps=8, space="ab", chroma_downsample=1, restore_luminance=False)
+        p = init_params(x, config=cfg)
+        g = torch.zeros_like(p.lab)
+        g[0, 0, 10, 10], g[0, 1, 20, 30] = 4.0, -1.0
+        step_params(p, [g], 2 / 255, cfg)
+        assert float(p.lab[0, 0, 10, 10]) == pytest.approx(-2 / 255, rel=1e-6)
+        assert float(p.lab[0, 1, 20, 30]) == pytest.approx(0.5 / 255, rel=1e-6)
+        assert int((p.lab != 0).sum()) == 2
+        with pytest.raises(ValueError, match="rule"):
+            step_params(p, [g], 1 / 255, cfg, rule="bogus")
 
     def test_many_steps_do_not_pin_pixels_at_the_budget(self):
         """A sign walk with the old numerics put 70-97 % of pixels at the budget; the parts' bounds add up to eps."""

@@ -28,7 +28,8 @@ def _first_step_signs(x, target, dtype):
     """Signs of the first signed RGB step (= -sign of the gradient; 0 where it vanished) and the report."""
     s = ToyDiT(dtype=dtype)
     assert s.blocks[0][0].weight.dtype == dtype and s.default_size == (256, 256)
-    r = protect(x, s, IRALoss(blocks=(2,)), DSPConfig(space="rgb", eps=4), ProtectConfig(steps=1), target=target)
+    r = protect(x, s, IRALoss(blocks=(2,)), DSPConfig(space="rgb", eps=4), ProtectConfig(steps=1, optimizer="sign"),
+                target=target)
     return (r.protected - x).sign(), r
 
 
