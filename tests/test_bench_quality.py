@@ -57,15 +57,15 @@ def test_goal_check_interpolates_rgb_at_equal_ciede2000():
     good = {"psnr_db": 40.0, "ssim": 0.97, "ciede2000_mean": 3.0, "mean_abs_dL": 0.1}
     curve = [(4.0, 0.4), (2.0, 0.2)]  # any order
     g = b.goal_check(good, 0.31, curve)
-    assert g["disruption_vs_rgb"]["rgb_at_equal_ciede2000"] == pytest.approx(0.3)
+    assert g["disruption_vs_rgb"]["rgb_at_equal_ciede2000"] == pytest.approx(0.3, abs=1e-6)
     assert g["disruption_vs_rgb"]["pass"] is True and g["ciede2000_mean"]["pass"] is False and g["pass"] is False
     g = b.goal_check(dict(good, ciede2000_mean=1.0), 0.09, curve)  # below the curve: anchored at the origin
-    assert g["disruption_vs_rgb"]["rgb_at_equal_ciede2000"] == pytest.approx(0.1)
+    assert g["disruption_vs_rgb"]["rgb_at_equal_ciede2000"] == pytest.approx(0.1, abs=1e-6)
     assert g["disruption_vs_rgb"]["pass"] is False and g["psnr_db"]["pass"] is True
     g = b.goal_check(dict(good, ciede2000_mean=2.0), 0.25, curve)
     assert g["pass"] is True
     g = b.goal_check(dict(good, ciede2000_mean=9.0), 0.41, curve)  # beyond the curve: its last point
-    assert g["disruption_vs_rgb"]["rgb_at_equal_ciede2000"] == pytest.approx(0.4) and g["disruption_vs_rgb"]["pass"]
+    assert g["disruption_vs_rgb"]["rgb_at_equal_ciede2000"] == pytest.approx(0.4, abs=1e-6) and g["disruption_vs_rgb"]["pass"]
     g = b.goal_check(dict(good, ciede2000_mean=2.0), 0.25, None)  # rgb not run: not checked, not failed
     assert g["disruption_vs_rgb"]["pass"] is None and g["pass"] is True
 
