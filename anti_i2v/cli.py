@@ -2,8 +2,11 @@
 
 Protects photos (files and folders) one by one at their own resolution and writes, per photo,
 ``<name>.protected.png`` and ``<name>.report.json`` (settings and figures) into ``--out``. It never writes over an
-original, and never over an existing output unless ``--overwrite``: an interrupted folder run is resumed by running
-the same command again (finished photos are skipped). Exit status: 0 all done, 1 some photos failed, 2 bad usage.
+original, and never over a finished output unless ``--overwrite``: an interrupted folder run is resumed by running
+the same command again (finished photos, those with both files, are skipped; a photo with only one of its two files
+was interrupted between the writes and is redone). The output folder must be writable (checked before any work);
+a photo whose files cannot be written is named and the run goes on with the others. Outputs are written with the
+usual permissions (0666 less the umask). Exit status: 0 all done, 1 some photos failed, 2 bad usage.
 """
 
 from __future__ import annotations
@@ -126,16 +129,43 @@ def _to_uint8(x):
     return (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the output a plain file's permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _check_writable(out: Path, shown: str) -> None:
+    """Create ``out`` if missing and prove a file can be written there; UsageError (one line) if not."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".anti-i2v-write-test.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--out {shown}: cannot write to this folder ({exc.strerror or exc})") from None
+
+
+def _inert_reason(objective, loop_cfg) -> str | None:
+    """Why this run cannot change the photo at all, or None."""
+    if loop_cfg.steps == 0:
+        return "0 steps: nothing is optimised, the photo is returned unchanged"
+    if all(float(getattr(t, "weight", 1.0)) == 0.0 for t in objective.terms):
+        return "every loss weight is 0: the objective cannot move the image, the photo is returned unchanged"
+    return None
 
 
 def _resolve_device(name: str):
@@ -201,6 +231,7 @@ def cmd_protect(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     device = _resolve_device(args.device)
+    _check_writable(out, args.out)  # before loading models or optimising anything
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     dtype = getattr(torch, dtype_name)
     kw = {}
@@ -231,6 +262,9 @@ def cmd_protect(args) -> int:
         raise UsageError(str(exc)) from None
     for note in objective.notes:
         print(f"anti-i2v: note: {note}", file=sys.stderr)
+    inert = _inert_reason(objective, loop_cfg)
+    if inert:
+        print(f"anti-i2v: note: {inert}", file=sys.stderr)
     target = None
     if args.target:
         try:
@@ -252,13 +286,13 @@ def cmd_protect(args) -> int:
         if png.resolve() in originals or rep.resolve() in originals:
             failed.append(f"{path}: its output would overwrite an input file; choose another --out")
             continue
-        if not args.overwrite and (png.exists() or rep.exists()):
-            if png.exists() and rep.exists():
-                skipped += 1  # finished in an earlier run: resume
-            else:
-                failed.append(f"{path}: {png if png.exists() else rep} exists without its pair; "
-                              "use --overwrite to redo it")
+        if not args.overwrite and png.exists() and rep.exists():
+            skipped += 1  # finished in an earlier run: resume
             continue
+        if not args.overwrite and (png.exists() or rep.exists()):
+            orphan = png if png.exists() else rep
+            print(f"anti-i2v: note: {path}: redoing it ({orphan} exists without its pair: "
+                  "an earlier run stopped between the two writes)", file=sys.stderr)
         try:
             image, notes = load_image(path)
             bar = tqdm(total=steps, desc=path.name[:30], unit="it", leave=False, disable=not show, position=1)
@@ -284,13 +318,19 @@ def cmd_protect(args) -> int:
                 "demo": bool(args.demo),
                 "preset": args.preset,
                 "method": args.method,
-                "notes": notes,
+                "notes": notes + ([inert] if inert else []),
                 "seconds_total": round(time.perf_counter() - t0, 3),
                 "saved_png": figures,  # figures of the 8-bit PNG actually written
                 "complete": True,
             })
-            _atomic_write(png, lambda t: Image.fromarray(q8).save(t, format="PNG"))
-            _atomic_write(rep, lambda t: t.write_text(json.dumps(report, indent=2)))
+            writing = png
+            try:
+                _atomic_write(png, lambda t: Image.fromarray(q8).save(t, format="PNG"))
+                writing = rep
+                _atomic_write(rep, lambda t: t.write_text(json.dumps(report, indent=2)))
+            except OSError as exc:  # e.g. a subfolder that cannot be created: name the photo, go on with the others
+                failed.append(f"{path}: cannot write {writing} ({exc.strerror or exc})")
+                continue
             done += 1
             outer.set_postfix(psnr=f"{figures['psnr_db'][0]:.1f}dB")
         except (ValueError, SurrogateError) as exc:

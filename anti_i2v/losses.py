@@ -31,6 +31,7 @@ __all__ = [
     "DiffusionLoss",
     "EncoderLoss",
     "Objective",
+    "MAX_INDEX",
     "parse_indices",
     "parse_pairs",
 ]
@@ -268,16 +269,38 @@ class Objective:
         return [t.describe() for t in self.terms]
 
 
-def parse_indices(text: str | int | Iterable[int], *, name: str = "indices") -> tuple[int, ...]:
+#: the largest layer or block index the parsers accept: no supported model has more blocks or layers than this, and
+#: the cap keeps a typo such as ``0-99999999`` from expanding into a huge list before any model check
+MAX_INDEX = 4096
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """``repr(text)``, shortened for error messages."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def _check_index(i: int, *, name: str, text: str, max_index: int) -> int:
+    if i < 0 or i > max_index:
+        raise ValueError(f"{name}: index {i} in {_shown(text)} is out of range; allowed indices are 0-{max_index}")
+    return i
+
+
+def parse_indices(text: str | int | Iterable[int], *, name: str = "indices",
+                  max_index: int = MAX_INDEX) -> tuple[int, ...]:
     """Parse layer indices typed as text: ``"3"``, ``"0-27"``, ``"3,10,27"``, ``"0-3, 8"``.
 
-    Raises ValueError naming ``name`` on malformed text. Range checks against a model happen later.
+    Raises ValueError naming ``name`` on malformed text, or on an index (or range end) below 0 or above
+    ``max_index`` (checked before a range is expanded, so a huge range costs nothing). Range checks against a
+    model happen later.
     """
     if isinstance(text, int):
-        return (text,)
+        return (_check_index(text, name=name, text=str(text), max_index=max_index),)
     if not isinstance(text, str):
-        return tuple(int(i) for i in text)
-    out: list[int] = []
+        vals = [int(i) for i in text]
+        for i in vals:
+            _check_index(i, name=name, text=str(vals), max_index=max_index)
+        return tuple(vals)
+    out: set[int] = set()
     s = text.strip()
     if not s:
         return ()
@@ -291,22 +314,36 @@ def parse_indices(text: str | int | Iterable[int], *, name: str = "indices") -> 
                 lo, hi = int(a), int(b)
                 if hi < lo:
                     raise ValueError
-                out.extend(range(lo, hi + 1))
+                is_range = True
             else:
-                out.append(int(part))
+                lo = hi = int(part)
+                is_range = False
         except ValueError:
             raise ValueError(
-                f"{name}: cannot read {part!r} in {text!r}; write indices like '3', '0-27' or '3,10,27'"
+                f"{name}: cannot read {_shown(part)} in {_shown(text)}; write indices like '3', '0-27' or '3,10,27'"
             ) from None
-    if any(i < 0 for i in out):
-        raise ValueError(f"{name}: indices must be >= 0, got {text!r}")
-    return tuple(sorted(set(out)))
+        if lo < 0:
+            raise ValueError(f"{name}: indices must be >= 0, got {_shown(text)}")
+        _check_index(hi, name=name, text=text, max_index=max_index)
+        if is_range:
+            out.update(range(lo, hi + 1))
+        else:
+            out.add(lo)
+    return tuple(sorted(out))
 
 
-def parse_pairs(text: str | Sequence[Sequence[int]], *, name: str = "pairs") -> tuple[tuple[int, int], ...]:
-    """Parse IRC block pairs typed as text: ``"3:27"`` or ``"3:27, 3:30"`` (shallow:deep)."""
+def parse_pairs(text: str | Sequence[Sequence[int]], *, name: str = "pairs",
+                max_index: int = MAX_INDEX) -> tuple[tuple[int, int], ...]:
+    """Parse IRC block pairs typed as text: ``"3:27"`` or ``"3:27, 3:30"`` (shallow:deep).
+
+    Raises ValueError naming ``name`` on malformed text or on a block index below 0 or above ``max_index``.
+    """
     if not isinstance(text, str):
-        return tuple((int(a), int(b)) for a, b in text)
+        pairs = [(int(a), int(b)) for a, b in text]
+        for pair in pairs:
+            for i in pair:
+                _check_index(i, name=name, text=str(pairs), max_index=max_index)
+        return tuple(pairs)
     pairs = []
     for part in text.split(","):
         part = part.strip()
@@ -314,11 +351,15 @@ def parse_pairs(text: str | Sequence[Sequence[int]], *, name: str = "pairs") -> 
             continue
         try:
             a, b = part.split(":")
-            pairs.append((int(a), int(b)))
+            pair = (int(a), int(b))
         except ValueError:
             raise ValueError(
-                f"{name}: cannot read {part!r} in {text!r}; write pairs as 'shallow:deep', e.g. '3:27' or '3:27,5:30'"
+                f"{name}: cannot read {_shown(part)} in {_shown(text)}; write pairs as 'shallow:deep', "
+                "e.g. '3:27' or '3:27,5:30'"
             ) from None
+        for i in pair:
+            _check_index(i, name=name, text=text, max_index=max_index)
+        pairs.append(pair)
     if not pairs:
         raise ValueError(f"{name}: no block pair given; write e.g. '3:27'")
     return tuple(pairs)

@@ -1,6 +1,8 @@
 """The command line: outputs and reports, no-overwrite, resume, clear errors, loading a model folder."""
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,10 +65,19 @@ class TestCLI:
         assert (out / "a.protected.png").read_bytes() == b"earlier"
         assert (out / "b.protected.png").exists()
         assert "skipped 1" in capsys.readouterr().err
-        # an output without its report is never overwritten silently
+        # an output without its report (a run killed between the two writes) is unfinished: just that photo is redone
         (out / "b.report.json").unlink()
-        assert _run(photos, "--out", out, "--demo", *FAST) == 1
-        assert "--overwrite" in capsys.readouterr().err
+        (out / "b.protected.png").write_bytes(b"orphan")
+        assert _run(photos, "--out", out, "--demo", *FAST) == 0
+        err = capsys.readouterr().err
+        assert "redoing it" in err and "skipped 1" in err and "protected 1" in err
+        assert (out / "a.protected.png").read_bytes() == b"earlier"
+        assert Image.open(out / "b.protected.png").size == (40, 30)
+        assert json.loads((out / "b.report.json").read_text())["complete"]
+        # likewise a report whose image is gone
+        (out / "b.protected.png").unlink()
+        assert _run(photos, "--out", out, "--demo", *FAST) == 0
+        assert (out / "b.protected.png").exists() and "redoing it" in capsys.readouterr().err
         assert _run(photos, "--out", out, "--demo", "--overwrite", *FAST) == 0
         assert (out / "a.protected.png").read_bytes() != b"earlier"
         assert not list(out.glob("*.partial"))
@@ -113,3 +124,123 @@ class TestCLI:
     def test_entry_point_runs(self, photos, tmp_path):
         p = subprocess.run([sys.executable, "-m", "anti_i2v", "protect", "--help"], capture_output=True, text=True)
         assert p.returncode == 0 and "--overwrite" in p.stdout
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """Make ``folder`` unwritable even for root: an immutable flag (chattr +i), else a read-only bind mount.
+
+    Yields the mechanism's name. Fails (not skips) the test when neither works, since then nothing is tested.
+    """
+    tried = []
+    p = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+    if p.returncode == 0:
+        try:
+            yield "chattr +i"
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        return
+    tried.append(f"chattr +i: {p.stderr.strip() or p.returncode}")
+    p = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True)
+    if p.returncode == 0:
+        try:
+            p = subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True, text=True)
+            if p.returncode == 0:
+                yield "read-only bind mount"
+                return
+            tried.append(f"remount ro: {p.stderr.strip() or p.returncode}")
+        finally:
+            subprocess.run(["umount", str(folder)], check=True)
+    else:
+        tried.append(f"mount --bind: {p.stderr.strip() or p.returncode}")
+    pytest.fail("cannot make a folder read-only here, so the unwritable --out test cannot run: " + "; ".join(tried))
+
+
+class TestOutputFolder:
+    @pytest.mark.parametrize("sub", ["", "new/deeper"])
+    def test_unwritable_out_exits_2_before_any_work(self, photos, tmp_path, capsys, monkeypatch, sub):
+        import anti_i2v.protect
+
+        def no_optimising(*a, **k):
+            raise AssertionError("optimised a photo although --out cannot be written")
+
+        monkeypatch.setattr(anti_i2v.protect, "protect", no_optimising)
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        out = locked / sub if sub else locked
+        with _read_only(locked):
+            probe = locked / "probe"
+            with pytest.raises(OSError):
+                probe.write_text("x")  # the mechanism really blocks root
+            assert _run(photos, "--out", out, "--demo", *FAST) == 2
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith("anti-i2v: error:")]
+        assert len(lines) == 1 and f"--out {out}: cannot write to this folder" in lines[0], err
+        assert "Traceback" not in err and "DEMO MODE" not in err  # refused before the models were even built
+        assert list(locked.iterdir()) == []
+
+    def test_write_error_names_the_photo_and_the_run_goes_on(self, photos, tmp_path, capsys):
+        (photos / "sub").mkdir()
+        _png(photos / "sub" / "c.png", (20, 20), seed=3)
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "sub").write_text("a file where the subfolder must go")
+        assert _run(photos, "--out", out, "--demo", "--recursive", *FAST) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert f"error: {photos / 'sub' / 'c.png'}: cannot write {out / 'sub' / 'c.protected.png'}" in err
+        assert "protected 2," in err and "failed 1" in err
+        assert (out / "a.protected.png").exists() and (out / "b.report.json").exists()
+
+    def test_report_write_error_is_named(self, photos, tmp_path, capsys, monkeypatch):
+        import anti_i2v.cli as cli
+
+        real = cli._atomic_write
+
+        def flaky(path, write):
+            if path.name == "a.report.json":
+                raise OSError(28, "No space left on device")
+            real(path, write)
+
+        monkeypatch.setattr(cli, "_atomic_write", flaky)
+        out = tmp_path / "out"
+        assert _run(photos, "--out", out, "--demo", *FAST) == 1
+        err = capsys.readouterr().err
+        assert f"cannot write {out / 'a.report.json'} (No space left on device)" in err
+        assert (out / "b.report.json").exists()
+        # the next run redoes the unpaired photo only
+        monkeypatch.setattr(cli, "_atomic_write", real)
+        assert _run(photos, "--out", out, "--demo", *FAST) == 0
+        assert (out / "a.report.json").exists() and "skipped 1" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+    def test_outputs_respect_the_umask(self, photos, tmp_path, mask, mode):
+        old = os.umask(mask)
+        try:
+            assert _run(photos / "a.png", "--out", tmp_path / "out", "--demo", *FAST) == 0
+        finally:
+            os.umask(old)
+        for name in ("a.protected.png", "a.report.json"):
+            assert (tmp_path / "out" / name).stat().st_mode & 0o777 == mode, name
+
+
+class TestInertRun:
+    def test_zero_steps_says_the_photo_is_unchanged(self, photos, tmp_path, capsys):
+        out = tmp_path / "out"
+        assert _run(photos / "a.png", "--out", out, "--demo", "--steps", "0", "--quiet") == 0
+        assert "note: 0 steps" in capsys.readouterr().err
+        rep = json.loads((out / "a.report.json").read_text())
+        assert any("returned unchanged" in n for n in rep["notes"])
+        orig = np.asarray(Image.open(photos / "a.png").convert("RGB"))
+        assert np.array_equal(np.asarray(Image.open(out / "a.protected.png")), orig)
+
+    def test_zero_weights_are_named(self):
+        from anti_i2v.cli import _inert_reason
+        from anti_i2v.losses import IRALoss, IRCLoss, Objective
+        from anti_i2v.protect import ProtectConfig
+
+        zero = Objective((IRALoss(blocks=(1,), weight=0.0), IRCLoss(pairs=((0, 2),), weight=0.0)))
+        assert "every loss weight is 0" in _inert_reason(zero, ProtectConfig(steps=5))
+        some = Objective((IRALoss(blocks=(1,), weight=0.0), IRCLoss(pairs=((0, 2),), weight=1.0)))
+        assert _inert_reason(some, ProtectConfig(steps=5)) is None
+        assert "0 steps" in _inert_reason(some, ProtectConfig(steps=0))

@@ -40,3 +40,21 @@ def test_unsupported_folders_are_named(tmp_path, index, transformer, match):
 def test_i2v_transformer_config_alone(tmp_path):
     d = _folder(tmp_path, None, {"_class_name": "CogVideoXTransformer3DModel", "in_channels": 32})
     assert detect_family(d) == "cogvideox"
+
+
+@pytest.mark.parametrize("text, why", [("{not json", "not valid JSON"), ("[1, 2]", "a JSON list, not an object")])
+def test_invalid_model_index_is_called_unreadable(tmp_path, text, why):
+    d = _folder(tmp_path)
+    (d / "model_index.json").write_text(text)
+    with pytest.raises(SurrogateError, match="cannot tell") as err:
+        detect_family(d)
+    msg = str(err.value)
+    assert f"model_index.json is unreadable ({why}" in msg and "no model_index.json" not in msg
+
+
+def test_unreadable_transformer_config_is_named_next_to_a_valid_index(tmp_path):
+    d = _folder(tmp_path, index="StableDiffusionPipeline")
+    (d / "transformer" / "config.json").write_text("{oops")
+    with pytest.raises(SurrogateError, match="not an image-to-video model") as err:
+        detect_family(d)
+    assert "StableDiffusionPipeline; transformer/config.json is unreadable (not valid JSON" in str(err.value)

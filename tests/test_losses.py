@@ -101,3 +101,40 @@ class TestParsing:
             parse_pairs("3-27")
         with pytest.raises(ValueError, match="no block pair"):
             parse_pairs(" ")
+
+    @pytest.mark.parametrize("text", ["0-99999999999", "4097", "0-5000", "3,10-99999999999999999999"])
+    def test_huge_index_is_refused_fast_without_memory(self, text):
+        import time
+        import tracemalloc
+
+        tracemalloc.start()
+        try:
+            t0 = time.perf_counter()
+            with pytest.raises(ValueError, match=r"--ira-blocks: index \d+ .*allowed indices are 0-4096"):
+                parse_indices(text, name="--ira-blocks")
+            elapsed = time.perf_counter() - t0
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert elapsed < 0.5, f"refusing {text!r} took {elapsed:.3f} s (a bound on a hang, not a benchmark)"
+        assert peak < 2 * 1024 * 1024, f"refusing {text!r} allocated {peak} bytes at peak"
+
+    def test_index_cap_edges(self):
+        assert parse_indices("4090-4096") == tuple(range(4090, 4097))
+        assert parse_indices("0-4096")[-1] == 4096 and len(parse_indices("0-4096, 0-4096")) == 4097
+        assert parse_indices("10-12", max_index=12) == (10, 11, 12)
+        with pytest.raises(ValueError, match="allowed indices are 0-12"):
+            parse_indices("13", max_index=12)
+        with pytest.raises(ValueError, match="allowed indices are 0-4096"):
+            parse_indices([1, 5000])
+        with pytest.raises(ValueError, match="allowed indices are 0-4096"):
+            parse_indices(99999)
+
+    def test_pairs_are_capped(self):
+        with pytest.raises(ValueError, match="irc: index 99999999999 .*allowed indices are 0-4096"):
+            parse_pairs("3:99999999999", name="irc")
+        with pytest.raises(ValueError, match="allowed indices are 0-30"):
+            parse_pairs("3:31", max_index=30)
+        with pytest.raises(ValueError, match="allowed indices are 0-4096"):
+            parse_pairs([(3, 5000)])
+        assert parse_pairs([(3, 27)]) == ((3, 27),)

@@ -22,18 +22,32 @@ _NOT_I2V_HINTS = ("CogVideoXPipeline", "CogVideoXVideoToVideoPipeline", "WanPipe
 SUPPORTED = "CogVideoX-5B-I2V, Wan 2.1 I2V or Stable Video Diffusion (img2vid)"
 
 
-def _class_name(path: Path) -> str | None:
-    try:
-        return json.loads(path.read_text()).get("_class_name")
-    except (OSError, ValueError, AttributeError):
+def _class_name(path: Path, problems: list[str] | None = None) -> str | None:
+    """The ``_class_name`` in a JSON file; None if the file is missing or unreadable (a reason goes to ``problems``)."""
+    if not path.exists():
         return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        why = f"not valid JSON: {exc}"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    else:
+        if isinstance(data, dict):
+            return data.get("_class_name")
+        why = f"a JSON {type(data).__name__}, not an object"
+    if problems is not None:
+        problems.append(f"{path.parent.name + '/' if path.name == 'config.json' else ''}{path.name} is unreadable "
+                        f"({why})")
+    return None
 
 
 def _transformer_config(folder: Path) -> dict:
     try:
-        return json.loads((folder / "transformer" / "config.json").read_text())
+        data = json.loads((folder / "transformer" / "config.json").read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def detect_family(folder: Path) -> str:
@@ -45,8 +59,10 @@ def detect_family(folder: Path) -> str:
     """
     from . import FAMILIES
 
-    names = [n for n in (_class_name(folder / "model_index.json"), _class_name(folder / "transformer" / "config.json"),
-                         _class_name(folder / "unet" / "config.json")) if n]
+    problems: list[str] = []
+    names = [n for n in (_class_name(folder / "model_index.json", problems),
+                         _class_name(folder / "transformer" / "config.json", problems),
+                         _class_name(folder / "unet" / "config.json", problems)) if n]
     for n in names:
         if n in _I2V_CLASSES:
             return _I2V_CLASSES[n]
@@ -63,7 +79,7 @@ def detect_family(folder: Path) -> str:
         raise SurrogateError(
             f"{folder.name!r} is a text-to-video Wan model (no image conditioning); "
             f"an image-to-video model is needed: {SUPPORTED}")
-    found = ", ".join(names) or "no model_index.json or denoiser config"
+    found = "; ".join(([", ".join(names)] if names else []) + problems) or "no model_index.json or denoiser config"
     if any(h in n for n in names for h in _NOT_I2V_HINTS):
         raise SurrogateError(f"{folder.name!r} is not an image-to-video model ({found}); "
                          f"connect {SUPPORTED}")
