@@ -29,25 +29,58 @@ NODE_ID = "AntiI2V_LoadSurrogateI2V"
 NONE_FOLDER = "(none)"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-def diffusers_folders() -> list[str]:
-    """Subfolders of ComfyUI's ``diffusers`` model folders (``models/diffusers`` and extra paths)."""
+def _diffusers_entries() -> dict[str, Path]:
+    """The loadable model folders: {name: real path}, the first base folder that has a name winning.
+
+    An entry is a direct, non-hidden subfolder of one of the ``diffusers`` base folders ComfyUI's
+    ``folder_paths`` lists (``models/diffusers`` and extra paths) whose real path (symlinks resolved) lies
+    inside one of those base folders; a symlink that leads elsewhere on the disk is not an entry.
+    """
     import folder_paths
 
-    names: set[str] = set()
-    for root in folder_paths.get_folder_paths("diffusers"):
-        if os.path.isdir(root):
-            names.update(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    return sorted(names)
+    roots = [r for r in folder_paths.get_folder_paths("diffusers") if os.path.isdir(r)]
+    bases = [Path(r).resolve() for r in roots]
+    out: dict[str, Path] = {}
+    for root in roots:
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            continue
+        for e in entries:
+            if e.name in out or e.name.startswith(".") or e.name in (NONE_FOLDER, "..", "."):
+                continue
+            try:
+                if not e.is_dir():
+                    continue
+                real = Path(e.path).resolve(strict=True)
+            except (OSError, RuntimeError):  # broken link, loop, permission
+                continue
+            if any(real != base and real.is_relative_to(base) for base in bases):
+                out[e.name] = real
+    return out
+
+
+def diffusers_folders() -> list[str]:
+    """Names of the loadable subfolders of ComfyUI's ``diffusers`` model folders (the ``folder`` combo's list)."""
+    return sorted(_diffusers_entries())
+
+
+def _refused(name) -> ValueError:
+    # one message whatever exists on the disk, so a client cannot probe the server's file system with it
+    return ValueError(f"{NODE_ID}: folder {name!r} is not one of the model folders in ComfyUI's models/diffusers; "
+                      "pick one from the list")
 
 
 def _resolve_folder(name: str) -> Path:
-    import folder_paths
-
-    for root in folder_paths.get_folder_paths("diffusers"):
-        path = Path(root) / name
-        if path.is_dir():
-            return path
-    raise ValueError(f"{NODE_ID}: folder {name!r} is not in ComfyUI's models/diffusers folder")
+    """The real path of ``name``, only when it is one of :func:`diffusers_folders` (checked again here: ComfyUI
+    does not check that a posted combo value is one of the options, so absolute paths, ``..`` chains and
+    symlinks out of the base folders must be refused by the pack itself)."""
+    if not isinstance(name, str) or not name or os.sep in name or "/" in name or (os.altsep and os.altsep in name):
+        raise _refused(name)
+    path = _diffusers_entries().get(name)
+    if path is None or not path.is_dir():
+        raise _refused(name)
+    return path
 
 
 class LoadSurrogateI2V(io.ComfyNode):

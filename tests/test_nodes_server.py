@@ -326,3 +326,64 @@ def test_bad_inputs_give_clear_node_errors_and_server_keeps_serving(srv):
 
 def entry_id(entry: dict) -> str:
     return entry["prompt"][1]
+
+
+# ---------------------------------------------------------------------------------------------- folder paths
+def _folder_error(srv: ComfyServer, folder: str, seed: int) -> str:
+    """The LoadSurrogateI2V error for a posted ``folder`` value, with the value itself replaced by <folder>."""
+    entry = run(srv, graph(steps=1, seed=seed, folder=folder), timeout=60)
+    err = node_error(entry)
+    assert err["node_type"] == "AntiI2V_LoadSurrogateI2V", (folder, err)
+    msg = err["exception_message"].strip()  # ComfyUI appends a newline
+    assert repr(folder) in msg, (folder, msg)
+    return msg.replace(repr(folder), "<folder>")
+
+
+def test_folder_outside_models_diffusers_is_refused_alike_whether_it_exists_or_not(srv):
+    """ComfyUI does not check posted combo values, so the node must: absolute paths, '..' chains and symlinks
+    out of models/diffusers are refused, with one message that does not tell whether the target exists."""
+    import shutil
+
+    outside = srv.base_dir / "outside_models"
+    copy = outside / "copy-cogvideox"  # a loadable model outside models/diffusers
+    if not copy.is_dir():
+        shutil.copytree(srv.models_dir / "diffusers" / srv.tiny_models["cogvideox"], copy)
+    missing = outside / "missing-model"
+    diffusers = srv.models_dir / "diffusers"
+    links = {"escape-link": copy, "dangling-link": missing, "etc-link": "/etc"}
+    for name, target in links.items():
+        if not (diffusers / name).is_symlink():
+            (diffusers / name).symlink_to(target, target_is_directory=True)
+    rel = "../../" + outside.name
+    pairs = {  # (existing target, nonexistent target)
+        "absolute model copy": (str(copy), str(missing)),
+        "absolute system folder": ("/etc", "/no-such-folder-anti-i2v"),
+        "absolute root": ("/", "/no-such-root-anti-i2v/"),
+        "dotdot chain": (f"{rel}/{copy.name}", f"{rel}/{missing.name}"),
+        "dotdot to etc": ("../../../../../../../../etc", "../../../../../../../../no-such-etc"),
+        "dotdot inside a name": (f"tiny-cogvideox/../{srv.tiny_models['cogvideox']}", "tiny-cogvideox/../nope"),
+        "symlink out of diffusers": ("escape-link", "no-such-link"),
+        "symlink to a system folder": ("etc-link", "dangling-link"),
+    }
+    messages = set()
+    seed = 200
+    for case, (exists, absent) in pairs.items():
+        m_exists = _folder_error(srv, exists, seed)
+        m_absent = _folder_error(srv, absent, seed + 1)
+        seed += 2
+        assert m_exists == m_absent, f"{case}: the error tells whether the path exists:\n{m_exists}\n{m_absent}"
+        messages.add(m_exists)
+    assert messages == {"AntiI2V_LoadSurrogateI2V: folder <folder> is not one of the model folders in ComfyUI's "
+                        "models/diffusers; pick one from the list"}, messages
+    # the combo lists no folder that would be refused
+    options = srv.object_info("AntiI2V_LoadSurrogateI2V")["AntiI2V_LoadSurrogateI2V"]["input"]["required"][
+        "folder"][1]["options"]
+    assert srv.tiny_models["cogvideox"] in options
+    assert not set(links) & set(options), options
+
+    # a symlink that stays inside models/diffusers is a folder like any other; the server keeps serving
+    inside = diffusers / "inside-link"
+    if not inside.is_symlink():
+        inside.symlink_to(diffusers / srv.tiny_models["cogvideox"], target_is_directory=True)
+    entry = run(srv, graph(steps=1, seed=seed, folder="inside-link"))
+    assert_success(srv, entry)
