@@ -159,15 +159,6 @@ def _check_writable(out: Path, shown: str) -> None:
         raise UsageError(f"--out {shown}: cannot write to this folder ({exc.strerror or exc})") from None
 
 
-def _inert_reason(objective, loop_cfg) -> str | None:
-    """Why this run cannot change the photo at all, or None."""
-    if loop_cfg.steps == 0:
-        return "0 steps: nothing is optimised, the photo is returned unchanged"
-    if all(float(getattr(t, "weight", 1.0)) == 0.0 for t in objective.terms):
-        return "every loss weight is 0: the objective cannot move the image, the photo is returned unchanged"
-    return None
-
-
 def _resolve_device(name: str):
     import torch
 
@@ -262,7 +253,9 @@ def cmd_protect(args) -> int:
         raise UsageError(str(exc)) from None
     for note in objective.notes:
         print(f"anti-i2v: note: {note}", file=sys.stderr)
-    inert = _inert_reason(objective, loop_cfg)
+    from .protect import inert_reason
+
+    inert = inert_reason(objective, loop_cfg)
     if inert:
         print(f"anti-i2v: note: {inert}", file=sys.stderr)
     target = None

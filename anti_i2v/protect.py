@@ -261,6 +261,15 @@ def _free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def inert_reason(objective: Objective, config: ProtectConfig) -> str | None:
+    """Why a run with this objective and these settings cannot change the photo at all, or None."""
+    if config.steps == 0:
+        return "0 steps: nothing is optimised, the photo is returned unchanged"
+    if all(float(t.weight) == 0.0 for t in objective.terms):
+        return "every loss weight is 0: the objective cannot move the image, the photo is returned unchanged"
+    return None
+
+
 class GradientVanished(FloatingPointError):
     """Every gradient of an iteration was zero or not finite (e.g. half-precision underflow)."""
 
@@ -382,6 +391,9 @@ def protect(
         "noisy_latent": "one z_t per iteration from the clean photo's latent, shared by target and adversarial pass",
         "mask": None if mask is None else "given",
     }
+    inert = inert_reason(objective, config)
+    settings["notes"] = list(objective.notes) + ([inert] if inert else [])
+    run_steps = 0 if inert else config.steps
 
     try:
         with torch.inference_mode(False), torch.enable_grad(), frozen_models(surrogate.modules()):
@@ -396,7 +408,7 @@ def protect(
                     tgt_cond = surrogate.encode_image(t_img, treq.vae_layers).detach()
             it = 0
             retries = 0
-            while it < config.steps:
+            while it < run_steps:
                 draw = surrogate.draw_noise(b, gen, size=work)
                 tgt_feats = None
                 if t_img is not None:

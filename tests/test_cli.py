@@ -235,9 +235,9 @@ class TestInertRun:
         assert np.array_equal(np.asarray(Image.open(out / "a.protected.png")), orig)
 
     def test_zero_weights_are_named(self):
-        from anti_i2v.cli import _inert_reason
         from anti_i2v.losses import IRALoss, IRCLoss, Objective
         from anti_i2v.protect import ProtectConfig
+        from anti_i2v.protect import inert_reason as _inert_reason
 
         zero = Objective((IRALoss(blocks=(1,), weight=0.0), IRCLoss(pairs=((0, 2),), weight=0.0)))
         assert "every loss weight is 0" in _inert_reason(zero, ProtectConfig(steps=5))

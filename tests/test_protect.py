@@ -121,6 +121,17 @@ class TestProtect:
         assert len(r.history) == 4 and max(r.linf) <= 16 + 1e-3
         assert cfg.step_at(3) <= cfg.step_at(0)
 
+    def test_objective_that_cannot_move_the_photo_is_reported(self, toy):
+        """Every weight 0: no optimisation runs (and no vanished-gradient error), the report says why."""
+        x = torch.rand(1, 3, 24, 32)
+        zero = IRALoss(blocks=(3,), weight=0.0) + IRCLoss(pairs=((1, 4),), weight=0.0)
+        r = protect(x, toy, zero, CFG, ProtectConfig(steps=3))
+        assert torch.equal(r.protected, x) and r.history == []
+        assert any("every loss weight is 0" in n for n in r.report()["settings"]["notes"])
+        r0 = protect(x, toy, OBJ, CFG, ProtectConfig(steps=0))
+        assert any("0 steps" in n for n in r0.report()["settings"]["notes"])
+        assert protect(x, toy, OBJ, CFG, ProtectConfig(steps=1)).settings["notes"] == []
+
     def test_zero_steps_is_identity(self, toy):
         x = torch.rand(1, 3, 21, 22)
         r = protect(x, toy, OBJ, CFG, ProtectConfig(steps=0))
