@@ -304,6 +304,8 @@ BAD_CASES = {
     "not_i2v_folder": (dict(folder="not-i2v-sd15"), "AntiI2V_LoadSurrogateI2V",
                        ["not an image-to-video model", "StableDiffusionPipeline"]),
     "bad_index_text": (dict(blocks="3-x"), "AntiI2V_IRALoss", ["blocks", "3-x"]),
+    # refused before any range is expanded (expanding 0-9999999 took 6 s and 2 GB of server memory)
+    "huge_range": (dict(blocks="0-99999999999"), "AntiI2V_IRALoss", ["blocks", "99999999999", "0-4096"]),
     "mask_size": (dict(extra={"11": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 8, "height": 8}}},
                        mask_link=["11", 0]), "AntiI2V_ProtectLoop", ["mask is 8x8", "image's size"]),
 }
