@@ -247,32 +247,27 @@ def low_freq_synthesis(coeff: Tensor, height: int, width: int) -> Tensor:
     return ch.transpose(0, 1) @ c @ cw
 
 
-def chroma_scale(image: Tensor, lab: Tensor | None = None, *, delta: float = 0.5) -> Tensor:
-    """Lab units per RGB pixel unit of an a*/b* change at every pixel, (B, 1, H, W).
+def _lab_scale(lab: Tensor, channels: tuple[int, ...], *, delta: float = 0.5) -> Tensor:
+    """Lab units per RGB pixel unit of a change on ``channels`` of ``lab`` at every pixel, (B, 1, H, W).
 
-    ``1 / max_c(|dRGB_c/da*| + |dRGB_c/db*|)`` from central differences of Lab -> sRGB at the photo's own
-    colours: a change of ``s * scale`` in a* and b* (any signs) moves no channel by more than about ``s``.
+    ``1 / max_c(sum_k |dRGB_c / dLab_k|)`` from central differences of Lab -> sRGB at the photo's own colours:
+    a change of ``s * scale`` on those channels (any signs) moves no RGB channel by more than about ``s``.
     """
     with torch.no_grad():
-        lab = kornia.color.rgb_to_lab(image) if lab is None else lab
-        total = torch.zeros_like(image)
-        for ch in (1, 2):
+        total = torch.zeros_like(lab)
+        for ch in channels:
             e = torch.zeros_like(lab)
             e[:, ch] = delta
             d = kornia.color.lab_to_rgb(lab + e, clip=False) - kornia.color.lab_to_rgb(lab - e, clip=False)
             total = total + (d / (2 * delta)).abs()
         worst = total.amax(dim=1, keepdim=True)
-        return (1.0 / worst.clamp_min(1.0 / _MAX_LAB_PER_PIXEL)).to(image.dtype)
-
-
-def _lum_scale(image: Tensor, lab: Tensor, *, delta: float = 0.5) -> Tensor:
-    """L* units per pixel unit (``dct_channels="lab"``), like :func:`chroma_scale` for L*."""
-    with torch.no_grad():
-        e = torch.zeros_like(lab)
-        e[:, 0] = delta
-        d = kornia.color.lab_to_rgb(lab + e, clip=False) - kornia.color.lab_to_rgb(lab - e, clip=False)
-        worst = (d / (2 * delta)).abs().amax(dim=1, keepdim=True)
         return 1.0 / worst.clamp_min(1.0 / _MAX_LAB_PER_PIXEL)
+
+
+def chroma_scale(image: Tensor, lab: Tensor | None = None) -> Tensor:
+    """Lab units per RGB pixel unit of an a*/b* change at every pixel, (B, 1, H, W) (see :func:`_lab_scale`)."""
+    lab = kornia.color.rgb_to_lab(image) if lab is None else lab
+    return _lab_scale(lab, (1, 2)).to(image.dtype)
 
 
 def _chroma_size(height: int, width: int, config: DSPConfig) -> tuple[int, int]:
@@ -319,7 +314,7 @@ def init_params(
             extra["ch"] = dct_matrix(h, k, device=device, dtype=dtype)
             extra["cw"] = dct_matrix(w, k, device=device, dtype=dtype)
             if config.dct_channels == "lab":
-                extra["scale_l"] = _lum_scale(x, lab0)
+                extra["scale_l"] = _lab_scale(lab0, (0,))
     return DSPParams(lab=lab_p, dct=dct_p, rgb=rgb_p, extra=extra)
 
 

@@ -42,7 +42,7 @@ from . import dsp as dsp_mod
 from .dsp import DSPConfig, check_image
 from .losses import LossTerm, Objective
 from .metrics import image_quality
-from .surrogates.base import Conditioning, FeatureRequest, Surrogate
+from .surrogates.base import Conditioning, Surrogate
 
 __all__ = [
     "ProtectConfig",
@@ -382,7 +382,6 @@ def protect(
         "perturbation": perturbation.to_dict(),
         "loop": asdict(config),
         "losses": objective.describe(),
-        "objective_notes": list(objective.notes),
         "surrogate": surrogate.describe(),
         "image_size": [h, w],
         "batch": b,

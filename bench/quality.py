@@ -19,8 +19,8 @@ every budget (``--budgets``, L-inf in 1/255 of the [0, 1] range):
 
 Every result is snapped to 8 bits (as a saved PNG) and measured against the clean photo:
 
-* imperceptibility: PSNR, SSIM, CIEDE2000 mean and 95th percentile (skimage ``deltaE_ciede2000`` on ``rgb2lab``;
-  about 1 is a just-noticeable difference), mean |dL*|, and the share of pixels with any channel at the budget
+* imperceptibility: PSNR, SSIM, CIEDE2000 mean and 95th percentile (``anti_i2v.metrics``, checked against
+  scikit-image's ``deltaE_ciede2000``; about 1 is a just-noticeable difference), mean |dL*|, and the share of pixels with any channel at the budget
   (``|delta| >= eps - 0.5/255``);
 * efficacy, as ``bench/efficacy.py`` measures it: the drift of the video generated from the photo from the
   video generated from the clean photo (same seed and settings): mean video PSNR and SSIM, VAE-latent distance
@@ -188,27 +188,22 @@ def blur(image: torch.Tensor, radius: float) -> torch.Tensor:
 def image_figures(adv: torch.Tensor, clean: torch.Tensor, eps: float) -> dict:
     """Imperceptibility of ``adv`` against ``clean`` (both (1, 3, H, W) in [0, 1], 8-bit snapped); ``eps`` in 1/255.
 
-    Returns PSNR (dB), SSIM, CIEDE2000 mean and 95th percentile, mean |dL*|, share of pixels with any channel at
-    ``|delta| >= eps - 0.5/255``, and the measured L-inf (1/255).
+    The pack's own figures (:func:`anti_i2v.metrics.image_quality`, what every report and the demo print: PSNR,
+    SSIM, CIEDE2000 mean and 95th percentile, mean |dL*|, L-inf), plus the share of pixels with any channel at
+    ``|delta| >= eps - 0.5/255``.
     """
-    from skimage.color import deltaE_ciede2000, rgb2lab
+    from anti_i2v.metrics import image_quality
 
-    from anti_i2v.metrics import psnr, ssim
-
-    a = adv[0].permute(1, 2, 0).double().numpy()
-    c = clean[0].permute(1, 2, 0).double().numpy()
-    lab_a, lab_c = rgb2lab(a), rgb2lab(c)
-    de = deltaE_ciede2000(lab_c, lab_a)
-    delta = (adv.double() - clean.double()).abs()
-    at_budget = (delta >= (eps - 0.5) / 255.0 - 1e-9).any(dim=1)
+    q = image_quality(adv, clean)
+    at_budget = ((adv.double() - clean.double()).abs() >= (eps - 0.5) / 255.0 - 1e-9).any(dim=1)
     return {
-        "psnr_db": _r(psnr(adv, clean)[0], 6),
-        "ssim": _r(ssim(adv, clean)[0], 6),
-        "ciede2000_mean": _r(float(de.mean())),
-        "ciede2000_p95": _r(float(np.percentile(de, 95))),
-        "mean_abs_dL": _r(float(np.abs(lab_a[..., 0] - lab_c[..., 0]).mean())),
+        "psnr_db": _r(q["psnr_db"][0], 6),
+        "ssim": _r(q["ssim"][0], 6),
+        "ciede2000_mean": _r(q["ciede2000_mean"][0]),
+        "ciede2000_p95": _r(q["ciede2000_p95"][0]),
+        "mean_abs_dL": _r(q["mean_abs_dl"][0]),
         "share_at_budget": _r(float(at_budget.double().mean())),
-        "linf_255": _r(float(delta.max()) * 255.0),
+        "linf_255": _r(q["linf_255"][0]),
     }
 
 

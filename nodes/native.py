@@ -468,9 +468,13 @@ class NativeSurrogate(Surrogate):
         """x0: ``apply_model`` returns ComfyUI's denoised estimate (not eps, v or the flow)."""
         return x0.float()
 
+    @staticmethod
+    def _seed(draw: NoiseDraw) -> int:
+        """The draw's noise seed (0 for a draw without one)."""
+        return int(draw.extra["noise_seed"].reshape(-1)[0]) if "noise_seed" in draw.extra else 0
+
     def _noise(self, draw: NoiseDraw, shape: Sequence[int]) -> Tensor:
-        seed = int(draw.extra["noise_seed"].reshape(-1)[0]) if "noise_seed" in draw.extra else 0
-        g = torch.Generator(device="cpu").manual_seed(seed)
+        g = torch.Generator(device="cpu").manual_seed(self._seed(draw))
         return torch.randn(tuple(shape), generator=g).to(self.device)
 
     def _encode_latent(self, video: Tensor) -> Tensor:
@@ -788,8 +792,7 @@ class NativeSVDSurrogate(NativeSurrogate):
         if self.augmentation_level <= 0:
             return cond.parts["image_latent"]
         pixels = cond.parts["pixels"]
-        noise_seed = int(draw.extra["noise_seed"].reshape(-1)[0]) if "noise_seed" in draw.extra else 0
-        g = torch.Generator(device="cpu").manual_seed(noise_seed + 1)
+        g = torch.Generator(device="cpu").manual_seed(self._seed(draw) + 1)
         aug = torch.randn(pixels.shape, generator=g).to(pixels.device)
         return self._encode_latent(pixels + aug * self.augmentation_level)
 

@@ -394,7 +394,7 @@ def test_num_frames_is_read_at_forward_time(cog, image):
     try:
         f = cog.features(image, draw(cog), req(blocks=(0,), output=True))
         assert f.blocks[0].shape[1] == 2 * 24 and f.output.shape[1] == 2
-        with pytest.raises(SurrogateError, match="sample_noise again"):
+        with pytest.raises(SurrogateError, match=r"draw the noise with sample_noise\(batch, generator, size=working size\) after setting num_frames"):
             cog.features(image, stale, req(blocks=(0,)))
     finally:
         cog.num_frames = 9

@@ -316,6 +316,22 @@ class Surrogate(abc.ABC):
                 return self.sample_noise(batch, generator, size=tuple(size))
         return self.sample_noise(batch, generator)
 
+    def noise_for(self, x0: Tensor, draw: NoiseDraw, pixels_per_latent: int) -> Tensor:
+        """``draw.noise`` as float32 on the device, checked against the shape of the video latent ``x0``.
+
+        Raises:
+            SurrogateError: naming both shapes, the pixel size they stand for and the call that draws the right one.
+        """
+        noise = draw.noise.to(device=self.device, dtype=torch.float32)
+        if noise.shape != x0.shape:
+            s = int(pixels_per_latent)
+            raise SurrogateError(
+                f"draw.noise has shape {tuple(noise.shape)} but the video latent x0 has shape {tuple(x0.shape)} "
+                f"({x0.shape[-2] * s}x{x0.shape[-1] * s} pixels at num_frames={self.num_frames}): draw the noise "
+                "with sample_noise(batch, generator, size=working size) after setting num_frames"
+            )
+        return noise
+
     def validate_request(self, request: FeatureRequest) -> None:
         """Raise :class:`SurrogateError` naming the valid range for any bad index."""
         nb, nv = self.num_blocks, self.num_vae_layers

@@ -433,25 +433,14 @@ class CogVideoXSurrogate(Surrogate):
         b, _, c, h, w = latent.shape
         return latent.float().expand(b, self.latent_frames(), c, h, w)
 
-    def _checked_noise(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
-        noise = draw.noise.to(device=self.device, dtype=torch.float32)
-        if noise.shape != x0.shape:
-            s = self.vae_scale_spatial
-            raise SurrogateError(
-                f"draw.noise has shape {tuple(noise.shape)} but the video latent x0 has shape {tuple(x0.shape)} "
-                f"(num_frames={self.num_frames}, {x0.shape[-2] * s}x{x0.shape[-1] * s} pixels); call sample_noise "
-                "again after changing num_frames or the size"
-            )
-        return noise
-
     def noisy_latent(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
         """``z_t = scheduler.add_noise(x0, noise, t) = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` (float32)."""
-        noise = self._checked_noise(x0, draw)
+        noise = self.noise_for(x0, draw, self.vae_scale_spatial)
         return self.scheduler.add_noise(x0.float(), noise, draw.timestep.to(self.device))
 
     def prediction_target(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
         """v (``scheduler.get_velocity``) for v-prediction, the noise for epsilon, ``x0`` for sample (float32)."""
-        noise = self._checked_noise(x0, draw)
+        noise = self.noise_for(x0, draw, self.vae_scale_spatial)
         kind = self.scheduler.config.prediction_type
         if kind == "v_prediction":
             return self.scheduler.get_velocity(x0.float(), noise, draw.timestep.to(self.device))

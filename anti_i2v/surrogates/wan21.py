@@ -590,26 +590,15 @@ class Wan21Surrogate(Surrogate):
         lat = cond.latent
         return lat.float().expand(-1, -1, self.latent_frames(), -1, -1)
 
-    def _checked_noise(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
-        noise = draw.noise.to(device=self.device, dtype=torch.float32)
-        if noise.shape != x0.shape:
-            s = self.spatial_factor
-            raise SurrogateError(
-                f"draw.noise has shape {tuple(noise.shape)} but the video latent x0 has shape {tuple(x0.shape)} "
-                f"({x0.shape[-2] * s}x{x0.shape[-1] * s} pixels at num_frames={self.num_frames}): draw the noise "
-                "with sample_noise(batch, generator, size=working size) after setting num_frames"
-            )
-        return noise
-
     def noisy_latent(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
         """``z_t = (1 - sigma) x0 + sigma * noise`` with ``sigma = timestep / num_train_timesteps`` (float32)."""
-        noise = self._checked_noise(x0, draw)
+        noise = self.noise_for(x0, draw, self.spatial_factor)
         sigma = (draw.timestep.to(device=self.device, dtype=torch.float32) / self.num_train_timesteps).view(-1, 1, 1, 1, 1)
         return (1.0 - sigma) * x0.float() + sigma * noise
 
     def prediction_target(self, x0: Tensor, draw: NoiseDraw) -> Tensor:
         """The flow velocity ``noise - x0`` (float32)."""
-        return self._checked_noise(x0, draw) - x0.float()
+        return self.noise_for(x0, draw, self.spatial_factor) - x0.float()
 
     def denoise(self, cond: Conditioning, noisy: Tensor, draw: NoiseDraw) -> Tensor:
         """The transformer on ``cat([z_t, mask, condition latent])`` with the CLIP tokens (:meth:`denoiser_inputs`)."""
