@@ -160,6 +160,11 @@ def test_protect_chain_saves_protected_image_within_budget(srv):
     assert report["settings"]["image_size"] == list(PHOTO_HW)
     assert [r["step"] for r in report["loss_history"]] == [1, 2, 3]
     assert set(report["loss_history"][0]) >= {"loss", "ira", "irc"}
+    # issue 7 through ComfyUI: one z_t shared by both passes, the colour figures in the node's report
+    assert "shared by target and adversarial pass" in report["settings"]["noisy_latent"]
+    q = report["quality"]
+    assert {"ciede2000_mean", "ciede2000_p95", "mean_abs_dl"} <= set(q) and q["ciede2000_mean"][0] > 0
+    assert report["settings"]["notes"] == []
 
     # the preview: clean | protected side by side as an animated WebP on the node, metrics as JSON
     ui = entry["outputs"]["8"]
@@ -324,6 +329,22 @@ def test_bad_inputs_give_clear_node_errors_and_server_keeps_serving(srv):
         assert ws and ws[-1]["data"]["exception_message"] == msg
     entry = run(srv, graph(steps=1, seed=4))
     assert_success(srv, entry)
+
+
+def test_objective_that_cannot_move_the_photo_is_reported_by_the_node(srv):
+    """Every loss weight 0: the prompt succeeds, the photo comes back unchanged and the report says why."""
+    g = graph(steps=3, seed=7)
+    g["4"]["inputs"]["weight"] = 0.0
+    g["5"]["inputs"]["weight"] = 0.0
+    entry = run(srv, g)
+    assert_success(srv, entry)
+    report = json.loads(text_output(entry, "9"))
+    assert report["steps_done"] == 0
+    assert any("every loss weight is 0" in n for n in report["settings"]["notes"]), report["settings"]["notes"]
+    (saved,) = srv.output_files(entry, "7")
+    out = np.asarray(Image.open(saved).convert("RGB"))
+    src = np.asarray(Image.open(srv.input_dir / PHOTO).convert("RGB"))
+    assert np.array_equal(out, src)
 
 
 def entry_id(entry: dict) -> str:
