@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default: bf16 on GPU)")
     pr.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     pr.add_argument("--gradient-checkpointing", action="store_true", help="less memory, more time")
+    pr.add_argument("--low-vram", action="store_true",
+                    help="fit a 24 GB card: fewer frames (the family's low-VRAM count unless --frames is given), "
+                         "gradient checkpointing, blocks past the deepest used and the VAE decoder kept on the CPU; "
+                         "the report states the frames and settings used")
     pr.add_argument("--recursive", action="store_true", help="also protect images in subfolders")
     pr.add_argument("--overwrite", action="store_true", help="redo photos whose outputs already exist")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -246,6 +250,10 @@ def cmd_protect(args) -> int:
                                        gradient_checkpointing=args.gradient_checkpointing, **kw)
         except (SurrogateError, OSError, ValueError) as exc:
             raise UsageError(f"--model {args.model}: {exc}") from None
+    if args.low_vram:
+        from .lowvram import LowVram
+
+        surrogate.low_vram = LowVram(frames=args.frames)  # protect() applies it per photo and restores after
     try:
         objective = _build_objective(args, surrogate)
         surrogate.validate_request(objective.request())

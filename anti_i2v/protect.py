@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import dsp as dsp_mod
+from . import lowvram
 from .dsp import DSPConfig, check_image
 from .losses import LossTerm, Objective
 from .metrics import image_quality
@@ -316,6 +317,7 @@ def protect(
     mask: Tensor | None = None,
     callback: Callable[[Progress], bool | None] | None = None,
     cache_conditioning: bool = True,
+    low_vram: "lowvram.LowVram | bool | None" = None,
 ) -> ProtectResult:
     """Protect ``image`` against ``surrogate`` by minimising ``losses`` over a Dual-Space Perturbation.
 
@@ -332,6 +334,10 @@ def protect(
             (the result is marked cancelled) or raise to abort.
         cache_conditioning: encode the target's conditioning once per run (True) or every iteration (the
             naive variant, kept for the speed benchmark; same result).
+        low_vram: ``True`` or a :class:`~anti_i2v.lowvram.LowVram`: fewer frames, gradient checkpointing and
+            unused modules offloaded for this run (see :mod:`anti_i2v.lowvram`); ``None`` follows the
+            surrogate's ``low_vram`` attribute (set by the CLI's ``--low-vram`` and the loader node). The report's
+            ``settings["low_vram"]`` states the frames and settings used.
 
     Returns:
         :class:`ProtectResult` with the protected images at the input's size, on CPU.
@@ -393,9 +399,19 @@ def protect(
     inert = inert_reason(objective, config)
     settings["notes"] = list(objective.notes) + ([inert] if inert else [])
     run_steps = 0 if inert else config.steps
+    if low_vram is None:
+        low_vram = getattr(surrogate, "low_vram", None)
+    lv_settings = (lowvram.LowVram() if low_vram is True else low_vram) or None
+    settings["low_vram"] = None
 
+    stack = contextlib.ExitStack()  # the low-VRAM settings, undone when the loop ends however it ends
     try:
-        with torch.inference_mode(False), torch.enable_grad(), frozen_models(surrogate.modules()):
+        if lv_settings is not None:
+            lv_plan = stack.enter_context(lowvram.applied(surrogate, objective, lv_settings))
+            settings["low_vram"] = lv_plan.describe()
+            settings["surrogate"] = surrogate.describe()
+            settings["notes"].append(lv_plan.note)
+        with stack, torch.inference_mode(False), torch.enable_grad(), frozen_models(surrogate.modules()):
             clean_x0 = None
             tgt_cond: Conditioning | None = None
             with torch.no_grad():
@@ -487,6 +503,7 @@ def protect(
                 if config.quantize and len(history):
                     protected = dsp_mod.quantize_8bit(protected, x, perturbation.eps01)
     except BaseException:
+        stack.close()
         params = tensors = adam = None  # noqa: F841 - drop references before freeing
         _free_memory(device)
         raise

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from anti_i2v.lowvram import LowVram
 from anti_i2v.surrogates import FAMILIES, load_surrogate
 from anti_i2v.surrogates.detect import SUPPORTED as _SUPPORTED
 from anti_i2v.surrogates.detect import detect_family
@@ -120,6 +121,12 @@ class LoadSurrogateI2V(io.ComfyNode):
                                     tooltip="Optional: the CLIP vision model that goes with 'model' (Wan 2.1, SVD)."),
                 io.Conditioning.Input("positive", optional=True,
                                       tooltip="Optional: text conditioning for 'model' (Wan 2.1); zeros when absent."),
+                io.Boolean.Input("low_vram", default=False, optional=True,
+                                 tooltip="Fit a 24 GB card: attack fewer frames (CogVideoX 9, Wan 5, SVD 6, or "
+                                         "'frames' if smaller), recompute blocks in backward, and keep the blocks "
+                                         "past the deepest used and the VAE decoder on the CPU (a diffusers "
+                                         "folder; with a connected ComfyUI model, ComfyUI manages its devices). "
+                                         "The report states the frames and settings used."),
             ],
             outputs=[SurrogateType.Output(display_name="surrogate",
                                           tooltip="The I2V surrogate for the protect and preview nodes.")],
@@ -127,7 +134,7 @@ class LoadSurrogateI2V(io.ComfyNode):
 
     @classmethod
     def execute(cls, family: str, folder: str, dtype: str, frames: int, gradient_checkpointing: bool,
-                model=None, vae=None, clip_vision=None, positive=None) -> io.NodeOutput:
+                model=None, vae=None, clip_vision=None, positive=None, low_vram: bool = False) -> io.NodeOutput:
         if dtype not in DTYPES:
             raise ValueError(f"{NODE_ID}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if int(frames) < 1:
@@ -139,6 +146,8 @@ class LoadSurrogateI2V(io.ComfyNode):
                 surrogate = native_surrogate(model=model, vae=vae, clip_vision=clip_vision, positive=positive,
                                              family=family, frames=int(frames), dtype=DTYPES[dtype])
                 surrogate.gradient_checkpointing = bool(gradient_checkpointing)
+                if low_vram:  # the user's MODEL: ComfyUI's model management owns its devices, we offload nothing
+                    surrogate.low_vram = LowVram(offload_unused=False)
                 return io.NodeOutput(surrogate)
             if folder in (None, "", NONE_FOLDER):
                 raise ValueError("no model: connect your ComfyUI I2V model to 'model' or pick a diffusers "
@@ -150,6 +159,8 @@ class LoadSurrogateI2V(io.ComfyNode):
             # loaded outside inference mode: inference-mode weights cannot be saved for backward
             surrogate = load_surrogate(fam, path, num_frames=int(frames), dtype=DTYPES[dtype],
                                        gradient_checkpointing=bool(gradient_checkpointing))
+            if low_vram:
+                surrogate.low_vram = LowVram()
             runtime.LOG.info("%s: loaded %s surrogate from %s (%d blocks, %d VAE layers)", NODE_ID, fam, path,
                              surrogate.num_blocks, surrogate.num_vae_layers)
         return io.NodeOutput(runtime.manage_surrogate(surrogate))
