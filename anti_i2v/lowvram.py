@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -190,18 +190,23 @@ def applied(surrogate, objective, settings: LowVram | None = None) -> Iterator[P
         surrogate.num_frames, surrogate.gradient_checkpointing, surrogate.early_exit = saved
 
 
-def saved_bytes(fn: Callable[[], object]) -> tuple[object, int]:
+def saved_bytes(fn: Callable[[], object], modules: Iterable[nn.Module] = ()) -> tuple[object, int]:
     """Run ``fn`` and return its result with the bytes autograd saved for backward (distinct storages).
 
     Deterministic (unlike RSS): tensors saved inside a gradient-checkpointed region are not counted, because
-    checkpointing installs its own, inner saved-tensor hooks and keeps only the region's inputs.
+    checkpointing installs its own, inner saved-tensor hooks and keeps only the region's inputs. The weights of
+    ``modules`` are left out: autograd saves a reference to them (a linear layer's backward needs its weight), which
+    costs no memory beyond the weights themselves.
     """
     seen: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
 
     def pack(t: torch.Tensor):
         try:
             st = t.untyped_storage()
-            seen.setdefault(st.data_ptr() if st.data_ptr() else id(st), st.nbytes())
+            ptr = st.data_ptr()
+            if ptr not in weights:
+                seen.setdefault(ptr if ptr else id(st), st.nbytes())
         except Exception:  # pragma: no cover - sparse or other exotic tensors
             pass
         return t

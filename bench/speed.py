@@ -9,8 +9,16 @@ Measures, each in a fresh subprocess (so peak memory is the measurement's own):
   this change), measured in the same run, interleaved, with the ratio;
 * ``early_exit``: on a CogVideoX config with 42 blocks (CPU-sized widths), IRA on block 27 + IRC 3->27, seconds per
   iteration with the early exit against the full forward, measured in the same run, interleaved, with the ratio;
-* ``real_shape`` (``--real-shape``, needs a GPU): CogVideoX-5B-I2V shapes (random weights) at 480x720, bf16, with
-  13 and 5 latent frames (49 and 17 video frames), with and without gradient checkpointing.
+* ``real_shape`` (``--real-shape``): the low-VRAM mode against the naive loop, per setting (naive: every block,
+  no checkpointing, all frames; early exit; early exit + checkpointing; ``--low-vram``), measured in the same run:
+
+  - on a GPU, CogVideoX-5B-I2V shapes (random weights) at 480x720 in bf16, 49 frames for the naive settings:
+    s/iteration, projected minutes per photo (200 iterations), peak ``torch.cuda.max_memory_allocated``;
+  - on a CPU, a scaled-down real-width CogVideoX (real block width 3072, real text width 4096, 4 blocks, 128x192,
+    17 frames; a small VAE): s/iteration, the bytes autograd keeps for backward (deterministic), and the process
+    RSS growth checked against :func:`anti_i2v.lowvram.estimate`'s prediction; then the memory model, calibrated
+    on that block, projects the real shapes (42 blocks, 480x720, bf16) per setting, with the FLOP count per
+    iteration and the minutes per photo it implies at an assumed 400 TFLOP/s (40 % of an H100's bf16 peak).
 
 Usage: python bench/speed.py [--iters N] [--families cogvideox,wan21,svd] [--real-shape] [--out FILE]
 This machine is noisy: the figures are medians; compare ratios measured in one run.
@@ -46,7 +54,8 @@ def _peak_mb(device) -> float:
     return kb / 1024.0
 
 
-def _time_loop(surrogate, objective, image, iters: int, seed: int = 0, cache: bool = True) -> list[float]:
+def _time_loop(surrogate, objective, image, iters: int, seed: int = 0, cache: bool = True,
+               low_vram: bool = False) -> list[float]:
     """Seconds of each iteration of one protect run (first iteration excluded as warm-up)."""
     import torch
 
@@ -62,7 +71,7 @@ def _time_loop(surrogate, objective, image, iters: int, seed: int = 0, cache: bo
 
     t0 = time.perf_counter()
     protect(image, surrogate, objective, DSPConfig(), ProtectConfig(steps=iters + 1, seed=seed), callback=cb,
-            cache_conditioning=cache)
+            cache_conditioning=cache, low_vram=low_vram or None)
     times = [b - a for a, b in zip([t0] + stamps[:-1], stamps)]
     return times[1:]
 
@@ -121,10 +130,14 @@ def child(kind: str, arg: str, iters: int) -> dict:
         return {"config": "CogVideoX transformer, 42 blocks, CPU-sized widths", "loss_blocks": "IRA 27 + IRC 3->27",
                 "working_size": [h, w], "s_per_iter_early_exit": e, "s_per_iter_full_forward": f,
                 "speedup_full_over_early": round(f / e, 3), "iterations_each": len(res["early"])}
+    if kind == "real_width_cpu":
+        return _real_width_cpu(arg, iters)
     if kind == "real_shape":
         from anti_i2v.surrogates.cogvideox import CogVideoXSurrogate
 
-        latent_frames, ckpt = (int(v) for v in arg.split(","))
+        name = arg
+        early, ckpt, low = next((e, c, lv) for n, e, c, lv in REAL_SHAPE_SETTINGS if n == name)
+        latent_frames = 13
         overrides = dict(COGVIDEOX_5B_I2V)
         layers = int(os.environ.get("ANTI_I2V_BENCH_LAYERS", "42"))  # smaller only for a CPU dry run
         overrides["num_layers"] = layers
@@ -142,16 +155,156 @@ def child(kind: str, arg: str, iters: int) -> dict:
             m.to(device=device, dtype=s.dtype)
         s._move_extras(device)
         s.gradient_checkpointing = bool(ckpt)
+        s.early_exit = bool(early)
         img = torch.rand(1, 3, 480, 720)
         obj = Objective((IRALoss(blocks=(min(27, layers - 1),)), IRCLoss(pairs=((min(3, layers - 2), min(27, layers - 1)),))))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times = _time_loop(s, obj, img, iters)
-        return {"config": f"CogVideoX-5B-I2V shapes, {layers} blocks, random weights", "size": [480, 720],
-                "latent_frames": latent_frames, "video_frames": s.num_frames, "dtype": str(s.dtype),
-                "gradient_checkpointing": bool(ckpt), "s_per_iter_median": statistics.median(times),
+        times = _time_loop(s, obj, img, iters, low_vram=low)
+        med = statistics.median(times)
+        return {"setting": name, "config": f"CogVideoX-5B-I2V shapes, {layers} blocks, random weights",
+                "size": [480, 720], "video_frames": 9 if low else s.num_frames, "dtype": str(s.dtype),
+                "early_exit": early, "gradient_checkpointing": bool(ckpt), "low_vram": low,
+                "s_per_iter_median": med, "projected_minutes_per_photo": round(200 * med / 60, 2),
                 "peak_memory_gb": round(_peak_mb(device) / 1024, 2), "device": str(device)}
     raise SystemExit(f"unknown kind {kind}")
+
+
+#: the settings ``--real-shape`` compares: (name, early exit, gradient checkpointing, low-VRAM mode)
+REAL_SHAPE_SETTINGS = (("naive", False, False, False), ("early_exit", True, False, False),
+                       ("early_exit+checkpointing", True, True, False), ("low_vram", True, True, True))
+
+
+def _rss_sampler():
+    """Start a thread sampling this process's RSS every 20 ms; returns (stop() -> peak bytes, baseline bytes)."""
+    import threading
+
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * page
+
+    base = rss()
+    peak = [base]
+    done = threading.Event()
+
+    def run():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            done.wait(0.02)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+
+    def stop() -> int:
+        done.set()
+        th.join()
+        return max(peak[0], rss())
+
+    return stop, base
+
+
+def _flops_per_iteration(*, hidden: int, block_params: float, tokens: int, blocks_run: int, checkpointing: bool) -> float:
+    """Denoiser FLOPs of one iteration: target forward (no grad) + adversarial forward + backward (2x forward),
+    + one more forward of the blocks with checkpointing. Per block forward: 2 * params * tokens (matmuls) +
+    4 * tokens^2 * hidden (attention scores and values)."""
+    fwd = blocks_run * (2.0 * block_params * tokens + 4.0 * tokens**2 * hidden)
+    return fwd * (1 + 1 + 2 + (1 if checkpointing else 0))
+
+
+def _real_width_cpu(name: str, iters: int) -> dict:
+    """One setting on the scaled-down real-width CogVideoX (CPU)."""
+    import torch
+
+    from anti_i2v import lowvram
+    from anti_i2v.losses import IRALoss, IRCLoss, Objective
+    from anti_i2v.surrogates.cogvideox import TINY_VAE, CogVideoXSurrogate
+
+    early, ckpt, low = next((e, c, lv) for n, e, c, lv in REAL_SHAPE_SETTINGS if n == name)
+    cfg = dict(COGVIDEOX_5B_I2V)
+    cfg.update(num_layers=4, sample_height=16, sample_width=24)
+    vae = dict(TINY_VAE)  # a small 8x VAE with CogVideoX's 16 latent channels: the transformer is what is measured
+    vae.update(block_out_channels=(8, 8, 8, 8), down_block_types=("CogVideoXDownBlock3D",) * 4,
+               up_block_types=("CogVideoXUpBlock3D",) * 4, latent_channels=16, sample_height=128, sample_width=192)
+    s = CogVideoXSurrogate.tiny(seed=0, num_frames=17, vae_config=vae, **cfg)
+    s.early_exit, s.gradient_checkpointing = early, ckpt
+    obj = Objective((IRALoss(blocks=(1,)), IRCLoss(pairs=((0, 1),))))
+    img = torch.rand(1, 3, 128, 192, generator=torch.Generator().manual_seed(0))
+    hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    block_params = float(sum(p.numel() for p in s.denoiser_blocks()[0][1].parameters()))
+    frames = lowvram.plan(s, obj).frames if low else s.num_frames
+    # bytes autograd keeps for one adversarial pass at this setting (deterministic)
+    req = obj.request()
+    saved_frames = s.num_frames
+    s.num_frames = frames
+    s.gradient_checkpointing = ckpt
+    x = img.clone().requires_grad_(True)
+    draw = s.draw_noise(1, torch.Generator().manual_seed(0), size=(128, 192))
+    clean = s.clean_latent(s.encode_image(img))
+    with torch.enable_grad():
+        _, kept = lowvram.saved_bytes(lambda: s.features(None, draw, req, clean=clean,
+                                                         cond=s.encode_image(x, req.vae_layers)), s.modules())
+    tokens = s.latent_frames() * (128 // 16) * (192 // 16) + cfg["max_text_seq_length"]
+    s.num_frames = saved_frames
+    del x, clean
+    stop, base = _rss_sampler()
+    times = _time_loop(s, obj, img, iters, low_vram=low)
+    peak = stop()
+    blocks_run = 2 if early else cfg["num_layers"]
+    return {"setting": name, "frames": frames, "tokens": tokens, "blocks_run": blocks_run, "hidden": hidden,
+            "block_params": block_params, "s_per_iter_median": statistics.median(times), "iterations": len(times),
+            "saved_for_backward_mb": round(kept / 2**20, 1), "rss_growth_mb": round((peak - base) / 2**20, 1)}
+
+
+def _real_shape_report(rows: list[dict]) -> dict:
+    """Calibrate the memory model on the CPU rows and project CogVideoX-5B-I2V at 480x720 per setting."""
+    from anti_i2v import lowvram
+
+    by = {r["setting"]: r for r in rows if "error" not in r}
+    out: dict = {"measured": rows}
+    if "naive" not in by:
+        return out
+    n = by["naive"]
+    # elements kept per token per hidden unit per block run, without checkpointing (fp32 on the CPU: 4 bytes)
+    act = n["saved_for_backward_mb"] * 2**20 / (4 * n["tokens"] * n["hidden"] * n["blocks_run"])
+    out["act_per_token_hidden"] = round(act, 2)
+    checks = []
+    for r in by.values():
+        _, early, ckpt, low = next(t for t in REAL_SHAPE_SETTINGS if t[0] == r["setting"])
+        est = lowvram.estimate(num_layers=4, hidden=r["hidden"], block_params=r["block_params"], other_params=0,
+                               tokens=r["tokens"], deepest=r["blocks_run"] - 1, bytes_per_element=4,
+                               act_per_token_hidden=act, checkpointing=ckpt, offload_unused=True)
+        checks.append({"setting": r["setting"],
+                       "predicted_saved_mb": round(est.saved_activations_gb * 1024, 1),
+                       "saved_for_backward_mb": r["saved_for_backward_mb"],
+                       "predicted_peak_activation_mb": round((est.saved_activations_gb + est.transient_gb) * 1024, 1),
+                       "rss_growth_mb": r["rss_growth_mb"],
+                       "s_per_iter_median": r["s_per_iter_median"],
+                       "s_per_iter_ratio_naive_over_this": round(n["s_per_iter_median"] / r["s_per_iter_median"], 2)})
+    out["cpu_model_check"] = checks
+    real = dict(COGVIDEOX_5B_I2V)
+    hidden = real["num_attention_heads"] * real["attention_head_dim"]
+    block_params = n["block_params"]
+    other = 0.35e9  # patch/time embeddings, final norm and projection (~0.15B) + the VAE encoder (~0.2B)
+    proj = []
+    for name, early, ckpt, low in REAL_SHAPE_SETTINGS:
+        latent_frames = 3 if low else 13  # 9 and 49 video frames
+        tokens = latent_frames * 30 * 45 + real["max_text_seq_length"]
+        deepest = 27 if early else real["num_layers"] - 1
+        est = lowvram.estimate(num_layers=real["num_layers"], hidden=hidden, block_params=block_params,
+                               other_params=other, tokens=tokens, deepest=deepest, bytes_per_element=2,
+                               act_per_token_hidden=act, checkpointing=ckpt, offload_unused=low)
+        flops = _flops_per_iteration(hidden=hidden, block_params=block_params, tokens=tokens,
+                                     blocks_run=deepest + 1, checkpointing=ckpt)
+        proj.append({"setting": name, "video_frames": (latent_frames - 1) * 4 + 1, **est.describe(),
+                     "tflop_per_iteration": round(flops / 1e12, 1),
+                     "projected_minutes_per_photo_at_400_tflops": round(200 * flops / 400e12 / 60, 1)})
+    out["projected_cogvideox_5b_480x720_bf16"] = proj
+    out["projection_note"] = ("memory: the model calibrated on the real-width block above (weights + activations kept "
+                              "for backward + one live block; VAE-encoder activations not included); time: FLOPs "
+                              "at an assumed 400 TFLOP/s, not a measurement. Run --real-shape on a GPU to measure.")
+    return out
 
 
 def _run_child(kind: str, arg: str, iters: int) -> dict:
@@ -167,7 +320,10 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5, help="timed iterations per measurement (after 1 warm-up)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds for the early-exit comparison")
     ap.add_argument("--families", default="cogvideox,wan21,svd")
-    ap.add_argument("--real-shape", action="store_true", help="CogVideoX-5B-I2V shapes at 480x720 (GPU)")
+    ap.add_argument("--real-shape", action="store_true",
+                    help="low-VRAM settings against the naive loop: real shapes on a GPU; on a CPU a real-width "
+                         "model with few blocks, the memory model checked and projected to real shapes")
+    ap.add_argument("--only-real-shape", action="store_true", help="skip the tiny-model measurements")
     ap.add_argument("--skip-early-exit", action="store_true")
     ap.add_argument("--skip-caching", action="store_true")
     ap.add_argument("--out", help="also write the JSON here")
@@ -182,13 +338,24 @@ def main() -> None:
                        "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
                        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
            "note": "tiny random-weight models: figures show relative costs, not real-model times"}
-    out["per_family"] = [_run_child("family", f, a.iters) for f in a.families.split(",") if f]
-    if not a.skip_caching:
-        out["caching"] = [_run_child("caching", f"{f},{a.rounds}", a.iters) for f in a.families.split(",") if f]
-    if not a.skip_early_exit:
-        out["early_exit"] = _run_child("early_exit", str(a.rounds), a.iters)
-    if a.real_shape:
-        out["real_shape"] = [_run_child("real_shape", f"{lf},{ck}", a.iters) for lf in (13, 5) for ck in (0, 1)]
+    if not a.only_real_shape:
+        out["per_family"] = [_run_child("family", f, a.iters) for f in a.families.split(",") if f]
+        if not a.skip_caching:
+            out["caching"] = [_run_child("caching", f"{f},{a.rounds}", a.iters) for f in a.families.split(",") if f]
+        if not a.skip_early_exit:
+            out["early_exit"] = _run_child("early_exit", str(a.rounds), a.iters)
+    if a.real_shape or a.only_real_shape:
+        if torch.cuda.is_available():
+            rows = [_run_child("real_shape", n, a.iters) for n, *_ in REAL_SHAPE_SETTINGS]
+            naive = next((r for r in rows if r.get("setting") == "naive" and "error" not in r), None)
+            for r in rows:
+                if naive and "error" not in r:
+                    r["ratio_naive_s_over_this"] = round(naive["s_per_iter_median"] / r["s_per_iter_median"], 2)
+                    r["ratio_naive_memory_over_this"] = round(naive["peak_memory_gb"] / r["peak_memory_gb"], 2)
+            out["real_shape"] = rows
+        else:
+            out["real_shape"] = _real_shape_report([_run_child("real_width_cpu", n, a.iters)
+                                                    for n, *_ in REAL_SHAPE_SETTINGS])
     text = json.dumps(out, indent=2)
     print(text)
     if a.out:

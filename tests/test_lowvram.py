@@ -26,7 +26,7 @@ def _adv_pass_bytes(s, obj, ckpt: bool) -> int:
     try:
         with torch.enable_grad():
             _, nb = lowvram.saved_bytes(lambda: s.features(None, draw, req, clean=clean,
-                                                          cond=s.encode_image(img, req.vae_layers)))
+                                                          cond=s.encode_image(img, req.vae_layers)), s.modules())
     finally:
         s.gradient_checkpointing = False
     return nb
@@ -150,3 +150,39 @@ def test_cli_low_vram(tmp_path):
     rep = json.loads((out / "a.report.json").read_text())
     lv = rep["settings"]["low_vram"]
     assert lv["frames"] == 5 and lv["gradient_checkpointing"] is True
+
+
+def test_real_shape_report_calibrates_and_projects():
+    """bench/speed.py --real-shape's pure part: the model calibrated on measured rows, projected to real shapes."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "speed.py"
+    spec = importlib.util.spec_from_file_location("bench_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base = dict(hidden=3072, block_params=1.3e8, rss_growth_mb=0.0)
+    rows = [dict(base, setting="naive", tokens=706, blocks_run=4, s_per_iter_median=4.0, saved_for_backward_mb=400.0),
+            dict(base, setting="early_exit", tokens=706, blocks_run=2, s_per_iter_median=2.5, saved_for_backward_mb=200.0),
+            dict(base, setting="early_exit+checkpointing", tokens=706, blocks_run=2, s_per_iter_median=3.0,
+                 saved_for_backward_mb=20.0),
+            dict(base, setting="low_vram", tokens=514, blocks_run=2, s_per_iter_median=2.0, saved_for_backward_mb=15.0)]
+    rep = mod._real_shape_report(rows)
+    act = 400.0 * 2**20 / (4 * 706 * 3072 * 4)
+    assert rep["act_per_token_hidden"] == pytest.approx(act, abs=0.01)
+    proj = {p["setting"]: p for p in rep["projected_cogvideox_5b_480x720_bf16"]}
+    assert proj["low_vram"]["total_gb"] < proj["early_exit+checkpointing"]["total_gb"] < proj["naive"]["total_gb"]
+    assert proj["low_vram"]["tflop_per_iteration"] < proj["early_exit"]["tflop_per_iteration"] < \
+        proj["naive"]["tflop_per_iteration"]
+    assert proj["low_vram"]["video_frames"] == 9 and proj["naive"]["video_frames"] == 49
+    assert [c["s_per_iter_ratio_naive_over_this"] for c in rep["cpu_model_check"]] == [1.0, 1.6, 1.33, 2.0]
+
+
+def test_saved_bytes_counts_activations_not_weights():
+    lin = torch.nn.Linear(64, 64)
+    x = torch.rand(8, 64, requires_grad=True)
+    _, with_w = lowvram.saved_bytes(lambda: torch.tanh(lin(x)).sum())
+    _, without_w = lowvram.saved_bytes(lambda: torch.tanh(lin(x)).sum(), [lin])
+    weight = lin.weight.numel() * 4
+    assert with_w - without_w == weight  # the weight's storage, counted once, and only when not excluded
+    assert without_w >= 8 * 64 * 4  # tanh's output (and the input) are real activations
