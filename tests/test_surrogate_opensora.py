@@ -292,6 +292,15 @@ def test_early_exit_same_gradient_and_split_numbering(osora):
         s.early_exit = True
     assert grads[True].abs().sum() > 0
     _grad_close(grads[True], grads[False])
+    s.gradient_checkpointing = True  # recomputed blocks: the same gradient, and the model's flag restored after
+    try:
+        x = _image().requires_grad_(True)
+        f = s.features(x, d, FeatureRequest(blocks=frozenset({1})))
+        ckpt, = torch.autograd.grad(f.blocks[1].pow(2).mean(), x)
+    finally:
+        s.gradient_checkpointing = False
+    _grad_close(ckpt, grads[True])
+    assert s.transformer.gradient_checkpointing is False
     # split numbering: 2i spatial, 2i + 1 temporal; the paper's layer i is 2i + 1
     split = OpenSoraSurrogate.tiny(seed=0, split_blocks=True)
     assert split.num_blocks == 8 and split.block_names[2] == "transformer.spatial_blocks.1"

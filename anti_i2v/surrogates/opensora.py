@@ -255,7 +255,7 @@ class OpenSoraSurrogate(Surrogate):
             for i, (s, tb) in enumerate(zip(t.spatial_blocks, t.temporal_blocks)):
                 out += [(f"transformer.spatial_blocks.{i}", s), (f"transformer.temporal_blocks.{i}", tb)]
             return out
-        return [(f"transformer.layer{i}(spatial_blocks.{i}+temporal_blocks.{i})", tb)
+        return [(f"transformer.temporal_blocks.{i} (layer {i})", tb)
                 for i, tb in enumerate(t.temporal_blocks)]
 
     def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
