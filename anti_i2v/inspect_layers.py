@@ -212,8 +212,8 @@ def block_pca_maps(
         seed: seed of the timestep and noise draw (``surrogate.sample_noise`` on a CPU generator).
         timestep: None to use the drawn timestep (as a protect iteration would), or a fraction of the noise
             schedule in [0, 1] (0 nearly clean, 1 pure noise): CogVideoX ``t = round(f (T - 1))``; Wan 2.1 the
-            shifted sigma of ``f``; Open-Sora ``timestep_transform(1000 f)``; SVD ``sigma`` log-uniform between ``sigma_min`` and ``sigma_max``; native
-            ComfyUI models ``model_sampling.percent_to_sigma(1 - f)``.
+            shifted sigma of ``f``; Open-Sora ``timestep_transform(1000 f)``; SVD ``sigma`` log-uniform between
+            ``sigma_min`` and ``sigma_max``; native ComfyUI models ``model_sampling.percent_to_sigma(1 - f)``.
 
     Returns:
         ``{block index: (3, H', W') float32 map in [0, 1] on CPU}`` in ascending block order, where

@@ -144,7 +144,8 @@ def test_loader_errors_and_legacy_attention_names(folder, tmp_path):
     vae = load_file(str(legacy / VAE_DIR / WEIGHTS))
     renamed = {}
     for k, v in vae.items():
-        for new, old in ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn.")):
+        for new, old in ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."),
+                         (".to_out.0.", ".proj_attn.")):
             k = k.replace(new, old)
         renamed[k] = v
     assert any(".query." in k for k in renamed)
@@ -253,7 +254,10 @@ def test_positions_timesteps_and_frames_follow_upstream():
     r1 = math.sqrt(32 * 48 / 512**2) * math.sqrt(2)  # 5 frames: the 2 real latent frames (upstream's formula gives 0)
     assert float(timestep_transform(t, 32, 48, 5)) == pytest.approx(1000 * r1 * 0.5 / (1 + (r1 - 1) * 0.5), rel=1e-6)
     s = OpenSoraSurrogate.tiny()
-    assert [s.latent_frames(n) for n in (1, 5, 17, 18, 51)] == [1, 2, 5, 6, 15]
+    assert [s.latent_frames(n) for n in (5, 8, 17, 18, 51)] == [2, 2, 5, 6, 15]
+    assert s.vae.latent_frames(1) == 1  # a photo alone: one latent frame
+    with pytest.raises(SurrogateError, match=r"num_frames must be an integer >= 5"):
+        s.latent_frames(4)  # one latent frame would be all reference, nothing generated
 
 
 # --------------------------------------------------------------------------- 3. one z_t, early exit, numbering
@@ -341,7 +345,8 @@ def test_protect_changes_the_loss_and_leaves_the_model_unchanged(osora):
     before = [(p.detach().clone(), p.requires_grad) for m in s.modules() for p in m.parameters()]
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for r in s.modules() for m in r.modules())
     x = _image(5, h=40, w=44)
-    res = protect(x, s, s.default_objective(), DSPConfig(eps=16, dct_block=8), ProtectConfig(steps=3, step_size=4, seed=1))
+    res = protect(x, s, s.default_objective(), DSPConfig(eps=16, dct_block=8),
+                  ProtectConfig(steps=3, step_size=4, seed=1))
     losses = [h["loss"] for h in res.history]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses) and losses[0] != losses[-1]
     assert 4 / 255 < float((res.protected - x).abs().max()) <= 16 / 255 + 1e-6

@@ -127,7 +127,7 @@ class OpenSoraSurrogate(Surrogate):
     Args:
         transformer: :class:`~.opensora_model.STDiT3`.
         vae: :class:`~.opensora_model.OpenSoraVAE`.
-        num_frames: pixel frames of the video (any >= 1; 17 per 5 latent frames).
+        num_frames: pixel frames of the video (>= 5; 17 per 5 latent frames).
         dtype: compute dtype (the modules are used in the dtype they have).
         gradient_checkpointing: recompute STDiT3 blocks in backward.
         early_exit: stop after the deepest requested block.
@@ -202,8 +202,10 @@ class OpenSoraSurrogate(Surrogate):
                 f"resize to the working size {self.working_size(height, width)}")
 
     def _check_frames(self, num_frames) -> int:
-        if int(num_frames) != num_frames or num_frames < 1:
-            raise SurrogateError(f"num_frames must be a positive integer for Open-Sora, got {num_frames}")
+        if int(num_frames) != num_frames or num_frames < 5:
+            raise SurrogateError(
+                f"num_frames must be an integer >= 5 for Open-Sora (at least two latent frames: the photo's "
+                f"reference frame and one generated frame; 17 frames make 5 latent frames), got {num_frames}")
         return int(num_frames)
 
     # ----------------------------------------------------------------- sizes

@@ -422,11 +422,12 @@ class STDiT3(nn.Module):
         resolution_sq = (float(height[0]) * float(width[0])) ** 0.5
         pos = _pos_embed_2d(self.config.hidden_size, gh, gw, resolution_sq / self.config.input_sq_size,
                             round(s**0.5), x.device, dtype)
-        t = self.t_embedder(timestep) + self.fps_embedder(fps.to(dtype).reshape(-1)).expand(b, -1)
+        fps_emb = self.fps_embedder(fps.to(dtype).reshape(-1)).expand(b, -1)
+        t = self.t_embedder(timestep) + fps_emb
         t_mlp = self.t_block(t)
         t0 = t0_mlp = None
-        if x_mask is not None:
-            t0 = self.t_embedder(torch.zeros_like(timestep)) + self.fps_embedder(fps.to(dtype).reshape(-1)).expand(b, -1)
+        if x_mask is not None:  # the embedding of timestep 0 for the clean (conditioning) frames
+            t0 = self.t_embedder(torch.zeros_like(timestep)) + fps_emb
             t0_mlp = self.t_block(t0)
         y = self.y_embedder(y.to(dtype))
         h = self.x_embedder(x)
