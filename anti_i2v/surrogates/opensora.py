@@ -503,7 +503,7 @@ class OpenSoraSurrogate(Surrogate):
     @classmethod
     def tiny(cls, *, seed: int = 0, num_frames: int = TINY_NUM_FRAMES, dtype: torch.dtype = torch.float32,
              working_size: tuple[int, int] | None = (32, 48), **kw) -> "OpenSoraSurrogate":
-        """A tiny random-weight Open-Sora 1.2 of the same classes (about 60 k parameters).
+        """A tiny random-weight Open-Sora 1.2 of the same classes (about 0.27 M parameters).
 
         STDiT3: depth 4 (8 blocks interleaved), hidden 32, 2 heads, caption width 16, 8 null-caption tokens.
         Spatial VAE: diffusers ``AutoencoderKL`` with 3 levels (factor 4), 1 layer per block. Temporal VAE:
