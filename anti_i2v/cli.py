@@ -37,6 +37,7 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     from .dsp import SPACES
+    from .surrogates import FAMILIES
 
     p = argparse.ArgumentParser(prog="anti-i2v", description="Protect photos against image-to-video models (Anti-I2V).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Protect photos against image-to-video diffusion models.")
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders of images")
     pr.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    pr.add_argument("--surrogate", choices=["auto", "cogvideox", "wan21", "svd"], default="auto",
+    pr.add_argument("--surrogate", choices=["auto", *FAMILIES], default="auto",
                     help="I2V model family to attack (default: auto, read from --model's model_index.json; "
                          "cogvideox with --demo)")
     pr.add_argument("--model", metavar="DIR", help="local diffusers-format folder of the surrogate's weights")

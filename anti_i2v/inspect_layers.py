@@ -20,7 +20,7 @@ Feature grids:
 
 * convolutional blocks (SVD U-Net, native ComfyUI SVD): outputs are (B * F, C, h, w), frame-major per image, so
   the first frame is index 0;
-* DiT blocks (CogVideoX, Wan 2.1, native ComfyUI Wan): outputs are video tokens (B, N, C) in frame-major
+* DiT blocks (CogVideoX, Wan 2.1, Open-Sora 1.2, native ComfyUI Wan): outputs are video tokens (B, N, C) in frame-major
   (F', h', w') order. The grid is derived from the working size and the model's configuration, without running
   anything else: ``h' = H / (VAE spatial factor x patch size)``, ``w'`` likewise, ``F' = N / (h' w')``. The VAE
   factor is read from the adapters' public attributes (``vae_scale_spatial`` for CogVideoX, ``spatial_factor``
@@ -47,7 +47,7 @@ from .surrogates.base import FeatureRequest, NoiseDraw, Surrogate, SurrogateErro
 __all__ = ["block_pca_maps", "pca_rgb", "resolve_blocks", "token_grid"]
 
 #: families whose timestep can be set as a fraction of the noise schedule (native ComfyUI ones end in -native)
-TIMESTEP_FAMILIES = ("cogvideox", "wan21", "svd", "wan21-native", "svd-native")
+TIMESTEP_FAMILIES = ("cogvideox", "wan21", "svd", "opensora", "wan21-native", "svd-native")
 
 
 def resolve_blocks(surrogate: Surrogate, blocks: str | int | Iterable[int], *, name: str = "blocks") -> list[int]:
@@ -137,7 +137,7 @@ def token_grid(surrogate: Surrogate, tokens: int, height: int, width: int) -> tu
         raise SurrogateError(
             f"cannot tell the token grid of the {surrogate.family} surrogate's block outputs: layer PCA maps "
             "support convolutional blocks (B, C, h, w) and DiT blocks (B, N, C) of surrogates that expose the "
-            "VAE's spatial factor and the transformer's patch size (cogvideox, wan21, svd and the native "
+            "VAE's spatial factor and the transformer's patch size (cogvideox, wan21, svd, opensora and the native "
             "ComfyUI Wan / SVD surrogates)"
         )
     stride = vae * patch
@@ -180,6 +180,8 @@ def _fixed_timestep(surrogate: Surrogate, draw: NoiseDraw, t: float) -> NoiseDra
         sigma = math.exp(lo + t * (hi - lo))  # log-uniform between SVD's sigma_min and sigma_max
         draw.extra["sigma"] = torch.tensor([sigma], dtype=draw.extra["sigma"].dtype, device=dev)
         draw.timestep = torch.tensor([0.25 * math.log(sigma)], dtype=draw.timestep.dtype, device=dev)
+    elif callable(getattr(surrogate, "timestep_at", None)):  # adapters that map the fraction themselves (Open-Sora)
+        draw.timestep = surrogate.timestep_at(t, draw)
     elif fam.endswith("-native"):
         ms = surrogate.model.model.model_sampling
         percent = min(max(1.0 - t, 1e-3), 1.0 - 1e-3)  # ComfyUI: percent 0 = start of sampling (max noise)
@@ -210,8 +212,8 @@ def block_pca_maps(
         seed: seed of the timestep and noise draw (``surrogate.sample_noise`` on a CPU generator).
         timestep: None to use the drawn timestep (as a protect iteration would), or a fraction of the noise
             schedule in [0, 1] (0 nearly clean, 1 pure noise): CogVideoX ``t = round(f (T - 1))``; Wan 2.1 the
-            shifted sigma of ``f``; SVD ``sigma`` log-uniform between ``sigma_min`` and ``sigma_max``; native
-            ComfyUI models ``model_sampling.percent_to_sigma(1 - f)``.
+            shifted sigma of ``f``; Open-Sora ``timestep_transform(1000 f)``; SVD ``sigma`` log-uniform between
+            ``sigma_min`` and ``sigma_max``; native ComfyUI models ``model_sampling.percent_to_sigma(1 - f)``.
 
     Returns:
         ``{block index: (3, H', W') float32 map in [0, 1] on CPU}`` in ascending block order, where

@@ -29,11 +29,11 @@ def srv(comfy_server: ComfyServer) -> ComfyServer:
     return comfy_server
 
 
-def _graph(blocks: str, seed: int, prefix: str) -> dict:
+def _graph(blocks: str, seed: int, prefix: str, folder: str = "tiny-cogvideox") -> dict:
     return {
         "1": {"class_type": "LoadImage", "inputs": {"image": PHOTO}},
         "2": {"class_type": "AntiI2V_LoadSurrogateI2V",
-              "inputs": {"family": "auto", "folder": "tiny-cogvideox", "dtype": "float32", "frames": 9,
+              "inputs": {"family": "auto", "folder": folder, "dtype": "float32", "frames": 9,
                          "gradient_checkpointing": False}},
         "3": {"class_type": NODE, "inputs": {"surrogate": ["2", 0], "image": ["1", 0], "blocks": blocks,
                                              "seed": seed}},
@@ -95,3 +95,17 @@ def test_out_of_range_block_names_the_valid_range(srv):
     msg = err["exception_message"]
     assert err["node_type"] == NODE and msg.startswith(f"{NODE}: "), msg
     assert "index 4 is out of range" in msg and "0-3" in msg, msg
+
+
+def test_open_sora_layers_are_mapped(srv):
+    """Open-Sora 1.2 (tiny, this pack's STDiT3): one map per STDiT3 layer, named by the temporal block it ends in."""
+    assert "opensora" in srv.tiny_models, "no tiny opensora folder: its adapter is missing"
+    entry = _run(srv, _graph("0-3", seed=0, prefix="anti_i2v_pca_os", folder=srv.tiny_models["opensora"]))
+    assert entry["status"]["status_str"] == "success", f"{ComfyServer.error_of(entry)}\n{srv.log()}"
+    saved = srv.output_files(entry, "4")
+    assert len(saved) == 4
+    for path in saved:
+        with Image.open(path) as im:
+            assert im.size == (48, 32) and np.asarray(im).max() == 255  # tiny working size 32 x 48
+    names = entry["outputs"]["5"]["text"][0].splitlines()
+    assert names == [f"{i}: transformer.temporal_blocks.{i} (layer {i})" for i in range(4)]

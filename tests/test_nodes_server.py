@@ -212,9 +212,11 @@ def test_rgba_input_is_protected_as_rgb(srv):
     assert "alpha channel" in srv.log(20000)
 
 
-@pytest.mark.parametrize("family, pairs, size", [("wan21", "1:3", (32, 48)), ("svd", None, (64, 64))])
+@pytest.mark.parametrize("family, pairs, size", [("wan21", "1:3", (32, 48)), ("svd", None, (64, 64)),
+                                                  ("opensora", "1:3", (32, 48))])
 def test_other_diffusers_families_load_with_auto(srv, family, pairs, size):
-    """The wan21 and svd adapters' tiny folders: family detected from model_index.json, one protect step."""
+    """The wan21, svd and opensora adapters' tiny folders: family detected from model_index.json (Open-Sora: its
+    two checkpoint subfolders), one protect step."""
     folder = srv.tiny_models.get(family)
     assert folder, f"no tiny {family} folder: its adapter is missing"
     entry = run(srv, graph(steps=1, seed=20, folder=folder, blocks="1", vae_layers="0", pairs=pairs))

@@ -19,7 +19,7 @@ _I2V_CLASSES = {
 #: class names of models that are not image-to-video (or not a supported family), for a clear refusal
 _NOT_I2V_HINTS = ("CogVideoXPipeline", "CogVideoXVideoToVideoPipeline", "WanPipeline", "WanVideoToVideoPipeline",
                   "StableDiffusion", "Flux", "LTX", "Hunyuan", "Mochi", "AnimateDiff", "PixArt", "Sana")
-SUPPORTED = "CogVideoX-5B-I2V, Wan 2.1 I2V or Stable Video Diffusion (img2vid)"
+SUPPORTED = "CogVideoX-5B-I2V, Wan 2.1 I2V, Stable Video Diffusion (img2vid) or Open-Sora 1.2"
 
 
 def _class_name(path: Path, problems: list[str] | None = None) -> str | None:
@@ -58,7 +58,10 @@ def detect_family(folder: Path) -> str:
             CogVideoX, which conditions on no image), naming what was found.
     """
     from . import FAMILIES
+    from .opensora import is_opensora_folder
 
+    if is_opensora_folder(folder):  # OpenSora-STDiT-v3/ + OpenSora-VAE-v1.2/ (not a diffusers folder)
+        return "opensora"
     problems: list[str] = []
     names = [n for n in (_class_name(folder / "model_index.json", problems),
                          _class_name(folder / "transformer" / "config.json", problems),
