@@ -4,7 +4,8 @@ Two sources:
 
 * the user's ComfyUI models (``model`` connected, with ``vae``, ``clip_vision``, ``positive``): a native
   surrogate built by :func:`nodes.native.native_surrogate` around ComfyUI's own Wan 2.1 / SVD models;
-* a diffusers-format folder under ComfyUI's ``models/diffusers`` (CogVideoX-5B-I2V, Wan 2.1 I2V, SVD), loaded
+* a diffusers-format folder under ComfyUI's ``models/diffusers`` (CogVideoX-5B-I2V, Wan 2.1 I2V, SVD; or a
+  DynamiCrafter folder written by ``anti-i2v convert-dynamicrafter``), loaded
   with :func:`anti_i2v.surrogates.load_surrogate` and wrapped in a ModelPatcher for ComfyUI's memory
   management.
 """
@@ -95,12 +96,13 @@ class LoadSurrogateI2V(io.ComfyNode):
             description=(
                 "Loads the image-to-video model the protection is optimised against (the surrogate). Connect "
                 "your ComfyUI Wan 2.1 / SVD models (model, vae, clip_vision, positive) to reuse them, or pick a "
-                "diffusers-format folder (CogVideoX-5B-I2V, Wan 2.1 I2V, SVD) from models/diffusers."
+                "diffusers-format folder (CogVideoX-5B-I2V, Wan 2.1 I2V, SVD) or a DynamiCrafter folder converted "
+                "with 'anti-i2v convert-dynamicrafter' from models/diffusers."
             ),
             inputs=[
                 io.Combo.Input("family", options=["auto", *FAMILIES], default="auto",
-                               tooltip="Model family; 'auto' reads it from the folder's model_index.json or "
-                                       "from the connected model."),
+                               tooltip="Model family; 'auto' reads it from the folder's model_index.json (or "
+                                       "dynamicrafter.json) or from the connected model."),
                 io.Combo.Input("folder", options=[NONE_FOLDER, *diffusers_folders()], default=NONE_FOLDER,
                                tooltip="Diffusers-format model folder under models/diffusers (ignored when "
                                        "'model' is connected). An anti_i2v.json in it with {\"working_size\": "
