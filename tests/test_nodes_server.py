@@ -212,11 +212,15 @@ def test_rgba_input_is_protected_as_rgb(srv):
     assert "alpha channel" in srv.log(20000)
 
 
-@pytest.mark.parametrize("family, pairs, size", [("wan21", "1:3", (32, 48)), ("svd", None, (64, 64))])
+@pytest.mark.parametrize("family, pairs, size", [("wan21", "1:3", (32, 48)), ("svd", None, (64, 64)),
+                                                 ("dynamicrafter", "1:9", (64, 64))])
 def test_other_diffusers_families_load_with_auto(srv, family, pairs, size):
-    """The wan21 and svd adapters' tiny folders: family detected from model_index.json, one protect step."""
+    """The other adapters' tiny folders (DynamiCrafter: converted from a tiny model.ckpt): family detected from
+    model_index.json / dynamicrafter.json and listed by the loader node, one protect step."""
     folder = srv.tiny_models.get(family)
     assert folder, f"no tiny {family} folder: its adapter is missing"
+    spec = srv.object_info("AntiI2V_LoadSurrogateI2V")["AntiI2V_LoadSurrogateI2V"]["input"]["required"]
+    assert family in spec["family"][1]["options"] and folder in spec["folder"][1]["options"]
     entry = run(srv, graph(steps=1, seed=20, folder=folder, blocks="1", vae_layers="0", pairs=pairs))
     assert_success(srv, entry)
     report = json.loads(text_output(entry, "9"))

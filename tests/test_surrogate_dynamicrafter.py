@@ -259,9 +259,14 @@ def test_blocks_and_default_objective(dc):
     assert dc.block_shapes_match(1, 9) and not dc.block_shapes_match(3, 7)
 
 
+def _sibling(dc, **kw):
+    return DynamiCrafterSurrogate(unet=dc.unet, vae=dc.vae, vision=dc.vision, resampler=dc.resampler,
+                                  config=dc.config, prompt_embeds=dc.prompt_embeds, num_frames=4, **kw)
+
+
 def test_early_exit_same_gradient_and_shared_zt(dc):
-    full = DynamiCrafterSurrogate(unet=dc.unet, vae=dc.vae, vision=dc.vision, resampler=dc.resampler,
-                                  config=dc.config, prompt_embeds=dc.prompt_embeds, num_frames=4, early_exit=False)
+    """Early exit and gradient checkpointing give the full forward's gradient; both passes share one z_t."""
+    full = _sibling(dc, early_exit=False)
     draw = dc.sample_noise(1, torch.Generator().manual_seed(1))
     req = FeatureRequest(blocks=frozenset({5}))
     with torch.no_grad():
@@ -269,7 +274,7 @@ def test_early_exit_same_gradient_and_shared_zt(dc):
     calls, grads, noisy = [], [], []
     h = dc.unet.output_blocks[-1].register_forward_hook(lambda *a: calls.append(1))
     try:
-        for s in (dc, full):
+        for s in (dc, full, _sibling(dc, gradient_checkpointing=True)):
             img = _image().requires_grad_(True)
             f = s.features(img, draw, req, clean=x0)
             grads.append(torch.autograd.grad(f.blocks[5].pow(2).mean(), img)[0])
@@ -277,13 +282,24 @@ def test_early_exit_same_gradient_and_shared_zt(dc):
             calls.append("|")
     finally:
         h.remove()
-    assert calls == ["|", 1, "|"]  # the last block never ran with early exit
+    assert calls == ["|", 1, "|", "|"]  # the last block never ran with early exit
     assert grads[0].abs().sum() > 0
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-5 * float(grads[1].abs().max()), rtol=1e-5)
+    for g in grads[1:]:
+        torch.testing.assert_close(grads[0], g, atol=1e-5 * float(g.abs().max()), rtol=1e-5)
+    assert dc.unet.gradient_checkpointing is False  # the flag is restored after the call
     assert torch.equal(noisy[0], noisy[1]) and not noisy[0].requires_grad  # one z_t, from the clean photo
     with torch.no_grad():
         own = dc.features(_image(), draw, FeatureRequest(blocks=frozenset({0}), own_latent=True), clean=x0)
     assert not torch.equal(own.noisy, noisy[0])  # AdvDM: the image's own z_t
+
+
+def test_bf16_forward_and_gradient():
+    s = DynamiCrafterSurrogate.tiny(seed=0, dtype=torch.bfloat16, num_frames=1)
+    assert all(p.dtype == torch.bfloat16 for m in s.modules() for p in m.parameters())
+    img = _image().requires_grad_(True)
+    f = s.features(img, s.sample_noise(1, torch.Generator().manual_seed(0)), FeatureRequest(blocks=frozenset({5})))
+    (g,) = torch.autograd.grad(f.blocks[5].float().pow(2).mean(), img)
+    assert f.blocks[5].dtype == torch.bfloat16 and torch.isfinite(g).all() and g.abs().sum() > 0
 
 
 # ----------------------------------------------------------------------------- 4. loop, generation, inspection
