@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import pickle
 import shutil
@@ -399,7 +398,8 @@ def convert_checkpoint(
                                  "DynamiCrafter checkpoint")
     expected = _expected_keys(*_build(cfg, device="meta"))
     missing = [k for k in expected if k not in sd]
-    bad = [f"{k} {tuple(sd[k].shape)} (expected {s})" for k, s in expected.items() if k in sd and tuple(sd[k].shape) != s]
+    bad = [f"{k} {tuple(sd[k].shape)} (expected {s})" for k, s in expected.items()
+           if k in sd and tuple(sd[k].shape) != s]
     if missing or bad:
         what = (f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}" if missing else
                 f"shapes differ: {'; '.join(bad[:3])}")

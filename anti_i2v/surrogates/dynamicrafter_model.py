@@ -364,7 +364,8 @@ class LVDMUNet(nn.Module):
         if fs_condition:
             self.fps_embedding = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(),
                                                nn.Linear(emb_dim, emb_dim))
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
+        first = TimestepEmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))
+        self.input_blocks = nn.ModuleList([first])
         if addition_attention:
             self.init_attn = TimestepEmbedSequential(
                 TemporalTransformer(model_channels, 8, num_head_channels, transformer_depth, use_linear=False))
