@@ -163,6 +163,11 @@ def test_unsafe_or_wrong_checkpoints_are_refused(tmp_path):
         convert_checkpoint(write_tiny_checkpoint(tmp_path / "m.ckpt"), tmp_path / "o")
     with pytest.raises(SurrogateError, match=r"does not match the DynamiCrafter 512 configuration"):
         convert_checkpoint(tmp_path / "m.ckpt", tmp_path / "o", variant="512")
+    half = convert_checkpoint(tmp_path / "m.ckpt", tmp_path / "half", config=TINY_CONFIG, dtype=torch.float16)
+    with safe_open(str(half / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("image_proj_model.latents").dtype == torch.float16
+    assert sorted(p.name for p in half.iterdir()) == ["dynamicrafter.json", "model.safetensors",
+                                                      "prompt_embeds.safetensors"]  # no temporary left
     with pytest.raises(SurrogateError, match=r"no dynamicrafter.json.*convert-dynamicrafter"):
         DynamiCrafterSurrogate.from_pretrained(tmp_path)
     (tmp_path / "model.ckpt").write_bytes(b"x")
