@@ -60,7 +60,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Conditioning, FeatureRequest, NoiseDraw, Surrogate, SurrogateError, first_tensor
+from .base import Conditioning, FeatureRequest, NoiseDraw, Surrogate, SurrogateError
 from .dynamicrafter_model import RESAMPLER_512, UNET_512, LVDMUNet, Resampler, vae_ldm_key, vae_weight_to_ldm
 
 __all__ = [
@@ -712,24 +712,8 @@ class DynamiCrafterSurrogate(Surrogate):
             f = self.vae_scale_factor
             x = torch.zeros(1, cfg["in_channels"], 1, side // f, side // f, device=self.device, dtype=self.dtype)
             ctx = torch.zeros(1, TEXT_TOKENS + 16, cfg["context_dim"], device=self.device, dtype=self.dtype)
-            shapes: dict[int, torch.Size] = {}
-            handles = []
-
-            def rec(i):
-                def hook(_m, _a, output):
-                    shapes[i] = first_tensor(output).shape
-
-                return hook
-
-            try:
-                for i, (_, mod) in enumerate(self.denoiser_blocks()):
-                    handles.append(mod.register_forward_hook(rec(i)))
-                with torch.no_grad():
-                    self.unet(x, torch.zeros(1, dtype=torch.long, device=self.device), ctx)
-            finally:
-                for hd in handles:
-                    hd.remove()
-            self._shape_cache[(side, side)] = [shapes[i] for i in range(self.num_blocks)]
+            t = torch.zeros(1, dtype=torch.long, device=self.device)
+            self._shape_cache[(side, side)] = self.record_block_shapes(lambda: self.unet(x, t, ctx))
         return self._shape_cache[(side, side)]
 
     def block_shapes_match(self, i: int, j: int) -> bool:
