@@ -7,6 +7,10 @@ the same command again (finished photos, those with both files, are skipped; a p
 was interrupted between the writes and is redone). The output folder must be writable (checked before any work);
 a photo whose files cannot be written is named and the run goes on with the others. Outputs are written with the
 usual permissions (0666 less the umask). Exit status: 0 all done, 1 some photos failed, 2 bad usage.
+
+``anti-i2v convert-dynamicrafter model.ckpt OUT_DIR`` converts DynamiCrafter's Lightning checkpoint (read with
+``torch.load(weights_only=True)``) into the safetensors folder that ``--surrogate dynamicrafter --model OUT_DIR``
+loads.
 """
 
 from __future__ import annotations
@@ -82,7 +86,37 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--recursive", action="store_true", help="also protect images in subfolders")
     pr.add_argument("--overwrite", action="store_true", help="redo photos whose outputs already exist")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    cv = sub.add_parser(
+        "convert-dynamicrafter", help="convert DynamiCrafter's model.ckpt into a folder --model reads",
+        description="Read DynamiCrafter's Lightning checkpoint with torch.load(weights_only=True) (never unpickling "
+                    "arbitrary objects) and write model.safetensors (real key names), prompt_embeds.safetensors "
+                    "(the text embedding, computed once) and dynamicrafter.json into OUT_DIR.")
+    cv.add_argument("checkpoint", metavar="CKPT", help="model.ckpt (or a .safetensors state dict)")
+    cv.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created)")
+    cv.add_argument("--variant", choices=["auto", "256", "512", "1024"], default="auto",
+                    help="published model (auto: 256 from its weights, 512/1024 from the checkpoint's path)")
+    cv.add_argument("--config", metavar="JSON", help="a model configuration instead of a published variant")
+    cv.add_argument("--prompt", default="", help="text of the cached prompt embedding (default: empty)")
+    cv.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="store weights in this dtype")
     return p
+
+
+def cmd_convert_dynamicrafter(args) -> int:
+    import torch
+
+    from .surrogates import SurrogateError
+    from .surrogates.dynamicrafter import convert_checkpoint
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    try:
+        out = convert_checkpoint(args.checkpoint, args.out_dir, variant=args.variant, config=args.config,
+                                 prompt=args.prompt, dtype=dtype)
+    except SurrogateError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"{args.out_dir}: cannot write the converted model ({exc.strerror or exc})") from None
+    print(f"converted {args.checkpoint} -> {out} (use: anti-i2v protect ... --model {out})", file=sys.stderr)
+    return 0
 
 
 def _collect(paths: list[str], recursive: bool) -> list[tuple[Path, Path]]:
@@ -355,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "protect":
             return cmd_protect(args)
+        if args.command == "convert-dynamicrafter":
+            return cmd_convert_dynamicrafter(args)
     except UsageError as exc:
         print(f"anti-i2v: error: {exc}", file=sys.stderr)
         return 2

@@ -47,7 +47,7 @@ from .surrogates.base import FeatureRequest, NoiseDraw, Surrogate, SurrogateErro
 __all__ = ["block_pca_maps", "pca_rgb", "resolve_blocks", "token_grid"]
 
 #: families whose timestep can be set as a fraction of the noise schedule (native ComfyUI ones end in -native)
-TIMESTEP_FAMILIES = ("cogvideox", "wan21", "svd", "opensora", "wan21-native", "svd-native")
+TIMESTEP_FAMILIES = ("cogvideox", "wan21", "svd", "opensora", "wan21-native", "svd-native", "dynamicrafter")
 
 
 def resolve_blocks(surrogate: Surrogate, blocks: str | int | Iterable[int], *, name: str = "blocks") -> list[int]:
@@ -168,6 +168,9 @@ def _fixed_timestep(surrogate: Surrogate, draw: NoiseDraw, t: float) -> NoiseDra
     dev = draw.timestep.device
     if fam == "cogvideox":
         n = int(surrogate.scheduler.config.num_train_timesteps)
+        draw.timestep = torch.tensor([round(t * (n - 1))], dtype=draw.timestep.dtype, device=dev)
+    elif fam == "dynamicrafter":
+        n = int(surrogate.num_train_timesteps)
         draw.timestep = torch.tensor([round(t * (n - 1))], dtype=draw.timestep.dtype, device=dev)
     elif fam == "wan21":
         n, shift = surrogate.num_train_timesteps, surrogate.shift

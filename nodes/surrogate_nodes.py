@@ -4,8 +4,9 @@ Two sources:
 
 * the user's ComfyUI models (``model`` connected, with ``vae``, ``clip_vision``, ``positive``): a native
   surrogate built by :func:`nodes.native.native_surrogate` around ComfyUI's own Wan 2.1 / SVD models;
-* a diffusers-format folder under ComfyUI's ``models/diffusers`` (CogVideoX-5B-I2V, Wan 2.1 I2V, SVD) or an
-  Open-Sora 1.2 folder there (``OpenSora-STDiT-v3/`` + ``OpenSora-VAE-v1.2/``), loaded
+* a diffusers-format folder under ComfyUI's ``models/diffusers`` (CogVideoX-5B-I2V, Wan 2.1 I2V, SVD), an
+  Open-Sora 1.2 folder there (``OpenSora-STDiT-v3/`` + ``OpenSora-VAE-v1.2/``) or a DynamiCrafter folder written
+  by ``anti-i2v convert-dynamicrafter``, loaded
   with :func:`anti_i2v.surrogates.load_surrogate` and wrapped in a ModelPatcher for ComfyUI's memory
   management.
 """
@@ -97,13 +98,15 @@ class LoadSurrogateI2V(io.ComfyNode):
             description=(
                 "Loads the image-to-video model the protection is optimised against (the surrogate). Connect "
                 "your ComfyUI Wan 2.1 / SVD models (model, vae, clip_vision, positive) to reuse them, or pick a "
-                "diffusers-format folder (CogVideoX-5B-I2V, Wan 2.1 I2V, SVD) or an Open-Sora 1.2 folder "
-                "(OpenSora-STDiT-v3 + OpenSora-VAE-v1.2 subfolders) from models/diffusers."
+                "diffusers-format folder (CogVideoX-5B-I2V, Wan 2.1 I2V, SVD), an Open-Sora 1.2 folder "
+                "(OpenSora-STDiT-v3 + OpenSora-VAE-v1.2 subfolders) or a DynamiCrafter folder converted with "
+                "'anti-i2v convert-dynamicrafter' from models/diffusers."
             ),
             inputs=[
                 io.Combo.Input("family", options=["auto", *FAMILIES], default="auto",
                                tooltip="Model family; 'auto' reads it from the folder's model_index.json (Open-Sora: "
-                                       "its two checkpoint subfolders) or from the connected model."),
+                                       "its two checkpoint subfolders; DynamiCrafter: dynamicrafter.json) or from "
+                                       "the connected model."),
                 io.Combo.Input("folder", options=[NONE_FOLDER, *diffusers_folders()], default=NONE_FOLDER,
                                tooltip="Diffusers-format model folder under models/diffusers (ignored when "
                                        "'model' is connected). An anti_i2v.json in it with {\"working_size\": "

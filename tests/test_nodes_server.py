@@ -213,13 +213,18 @@ def test_rgba_input_is_protected_as_rgb(srv):
 
 
 @pytest.mark.parametrize("family, pairs, size", [("wan21", "1:3", (32, 48)), ("svd", None, (64, 64)),
-                                                  ("opensora", "1:3", (32, 48))])
+                                                  ("opensora", "1:3", (32, 48)),
+                                                  ("dynamicrafter", "1:9", (64, 64))])
 def test_other_diffusers_families_load_with_auto(srv, family, pairs, size):
-    """The wan21, svd and opensora adapters' tiny folders: family detected from model_index.json (Open-Sora: its
-    two checkpoint subfolders), one protect step."""
+    """The other adapters' tiny folders (Open-Sora: its two checkpoint subfolders; DynamiCrafter: converted from a
+    tiny model.ckpt): family detected and listed by the loader node, one protect step."""
     folder = srv.tiny_models.get(family)
     assert folder, f"no tiny {family} folder: its adapter is missing"
-    entry = run(srv, graph(steps=1, seed=20, folder=folder, blocks="1", vae_layers="0", pairs=pairs))
+    spec = srv.object_info("AntiI2V_LoadSurrogateI2V")["AntiI2V_LoadSurrogateI2V"]["input"]["required"]
+    assert family in spec["family"][1]["options"] and folder in spec["folder"][1]["options"]
+    frames = {"frames": 4} if family == "dynamicrafter" else None  # the tiny model's frame count: fewer passes
+    entry = run(srv, graph(steps=1, seed=20, folder=folder, blocks="1", vae_layers="0", pairs=pairs,
+                           surrogate_inputs=frames))
     assert_success(srv, entry)
     report = json.loads(text_output(entry, "9"))
     assert report["settings"]["surrogate"]["family"] == family

@@ -1,9 +1,11 @@
 """I2V surrogate adapters: one module per family, one registry.
 
-Each family module (``cogvideox``, ``wan21``, ``svd``, ``opensora``) defines a :class:`~.base.Surrogate` subclass with:
+Each family module (``cogvideox``, ``wan21``, ``svd``, ``opensora``, ``dynamicrafter``) defines a
+:class:`~.base.Surrogate` subclass with:
 
 * ``from_pretrained(folder, *, num_frames, dtype, gradient_checkpointing, prompt_embeds)`` - load a local
-  diffusers-format folder (local files only, safetensors; Open-Sora: its two official checkpoint folders);
+  diffusers-format folder (local files only, safetensors; Open-Sora: its two official checkpoint folders;
+  DynamiCrafter: a folder written by ``anti-i2v convert-dynamicrafter``);
 * ``tiny(*, num_frames, seed, ...)`` - a tiny random-weight model of the real diffusers classes (tests, ``--demo``);
 * ``save_tiny(folder, seed)`` - write such a tiny model as a diffusers-format folder (tests of the loader);
 * ``generate(image, *, num_inference_steps, seed)`` - a short I2V video with the family's diffusers pipeline.
@@ -42,11 +44,12 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "wan21": ("wan21", "Wan21Surrogate"),
     "svd": ("svd", "SVDSurrogate"),
     "opensora": ("opensora", "OpenSoraSurrogate"),
+    "dynamicrafter": ("dynamicrafter", "DynamiCrafterSurrogate"),
 }
 
 
 def surrogate_class(family: str) -> type[Surrogate]:
-    """The adapter class of ``family`` (``cogvideox``, ``wan21``, ``svd`` or ``opensora``)."""
+    """The adapter class of ``family`` (one of :data:`FAMILIES`)."""
     if family not in FAMILIES:
         raise SurrogateError(f"unsupported surrogate {family!r}: choose one of {', '.join(FAMILIES)}")
     mod, cls = FAMILIES[family]

@@ -500,6 +500,28 @@ class Surrogate(abc.ABC):
                          f"blocks {shallow} and {deep}")
         return Objective(tuple(terms), tuple(notes))
 
+    def record_block_shapes(self, run) -> list[torch.Size]:
+        """The output shape of every denoiser block during ``run()`` (a no-grad probe forward; hooks removed after).
+
+        U-Net adapters use it to find IRC pairs of equal shape (:meth:`block_shapes_match`).
+        """
+        shapes: dict[int, torch.Size] = {}
+
+        def rec(i: int):
+            def hook(_module, _args, output):
+                shapes[i] = first_tensor(output).shape
+
+            return hook
+
+        handles = [mod.register_forward_hook(rec(i)) for i, (_, mod) in enumerate(self.denoiser_blocks())]
+        try:
+            with torch.no_grad():
+                run()
+        finally:
+            for h in handles:
+                h.remove()
+        return [shapes[i] for i in range(self.num_blocks)]
+
     def block_shapes_match(self, i: int, j: int) -> bool:
         """Whether blocks ``i`` and ``j`` output features of one shape (IRC needs it). DiTs: always."""
         return True

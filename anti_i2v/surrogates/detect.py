@@ -19,7 +19,10 @@ _I2V_CLASSES = {
 #: class names of models that are not image-to-video (or not a supported family), for a clear refusal
 _NOT_I2V_HINTS = ("CogVideoXPipeline", "CogVideoXVideoToVideoPipeline", "WanPipeline", "WanVideoToVideoPipeline",
                   "StableDiffusion", "Flux", "LTX", "Hunyuan", "Mochi", "AnimateDiff", "PixArt", "Sana")
-SUPPORTED = "CogVideoX-5B-I2V, Wan 2.1 I2V, Stable Video Diffusion (img2vid) or Open-Sora 1.2"
+SUPPORTED = ("CogVideoX-5B-I2V, Wan 2.1 I2V, Stable Video Diffusion (img2vid), Open-Sora 1.2 or DynamiCrafter (a "
+             "folder written by anti-i2v convert-dynamicrafter)")
+#: the configuration file of a converted DynamiCrafter folder (see surrogates/dynamicrafter.py)
+_DYNAMICRAFTER_CONFIG = "dynamicrafter.json"
 
 
 def _class_name(path: Path, problems: list[str] | None = None) -> str | None:
@@ -62,6 +65,12 @@ def detect_family(folder: Path) -> str:
 
     if is_opensora_folder(folder):  # OpenSora-STDiT-v3/ + OpenSora-VAE-v1.2/ (not a diffusers folder)
         return "opensora"
+    if (folder / _DYNAMICRAFTER_CONFIG).is_file():
+        return "dynamicrafter"
+    if list(folder.glob("*.ckpt")) and not (folder / "model_index.json").exists():
+        raise SurrogateError(
+            f"{folder.name!r} holds a .ckpt checkpoint (e.g. DynamiCrafter's pickled model.ckpt), which is not loaded "
+            "directly; convert it first: anti-i2v convert-dynamicrafter model.ckpt OUT_DIR")
     problems: list[str] = []
     names = [n for n in (_class_name(folder / "model_index.json", problems),
                          _class_name(folder / "transformer" / "config.json", problems),

@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Conditioning, FeatureRequest, NoiseDraw, Surrogate, SurrogateError, encoder_layers, first_tensor
+from .base import Conditioning, FeatureRequest, NoiseDraw, Surrogate, SurrogateError, encoder_layers
 
 __all__ = [
     "SVDSurrogate",
@@ -627,25 +627,9 @@ class SVDSurrogate(Surrogate):
             cross = cfg.cross_attention_dim
             cross = cross[0] if isinstance(cross, (list, tuple)) else cross
             ctx = torch.zeros(1, 1, int(cross), device=dev, dtype=self.dtype)
-            shapes: dict[int, torch.Size] = {}
-            handles = []
-
-            def rec(i):
-                def hook(_m, _a, output):
-                    shapes[i] = first_tensor(output).shape
-
-                return hook
-
-            try:
-                for i, (_, mod) in enumerate(self.denoiser_blocks()):
-                    handles.append(mod.register_forward_hook(rec(i)))
-                with torch.no_grad():
-                    self.unet(sample, torch.zeros(1, device=dev), encoder_hidden_states=ctx,
-                              added_time_ids=self.added_time_ids(1), return_dict=False)
-            finally:
-                for hd in handles:
-                    hd.remove()
-            self._shape_cache[size] = [shapes[i] for i in range(self.num_blocks)]
+            self._shape_cache[size] = self.record_block_shapes(
+                lambda: self.unet(sample, torch.zeros(1, device=dev), encoder_hidden_states=ctx,
+                                  added_time_ids=self.added_time_ids(1), return_dict=False))
         return self._shape_cache[size]
 
     def block_shapes_match(self, i: int, j: int) -> bool:
