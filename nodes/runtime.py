@@ -35,6 +35,7 @@ __all__ = [
     "manage_surrogate",
     "loaded_for_run",
     "frames_for_run",
+    "member_loaded",
     "node_errors",
     "perturbation_view",
     "to_json",
@@ -185,8 +186,35 @@ def loaded_for_run(surrogate: Surrogate) -> Iterator[Surrogate]:
 
 
 @contextlib.contextmanager
+def member_loaded(surrogate: Surrogate) -> Iterator[Surrogate]:
+    """An ensemble member's turn (the ``activate`` hook of :class:`anti_i2v.surrogates.ensemble.Ensemble`).
+
+    Checks ComfyUI's interrupt flag (Cancel between two members), then asks ComfyUI to load this member's models
+    (``load_models_gpu``, which offloads other models, e.g. the other members', when the device lacks room); a
+    native surrogate loads its own models in each call. Nothing is moved back here: ComfyUI decides.
+    """
+    import comfy.model_management as mm
+
+    mm.throw_exception_if_processing_interrupted()
+    patchers = list(getattr(surrogate, "comfy_patchers", None) or [])
+    if patchers:
+        mm.load_models_gpu(patchers, force_full_load=True)
+        if getattr(surrogate, "comfy_owned", False):
+            surrogate.to(patchers[0].load_device)
+    yield surrogate
+
+
+@contextlib.contextmanager
 def frames_for_run(surrogate: Surrogate, frames: int) -> Iterator[Surrogate]:
-    """Set ``surrogate.num_frames`` for the block when ``frames`` > 0 and restore it afterwards."""
+    """Set ``surrogate.num_frames`` for the block when ``frames`` > 0 and restore it afterwards (every member's,
+    for an ensemble)."""
+    members = getattr(surrogate, "surrogates", None)
+    if members is not None:
+        with contextlib.ExitStack() as stack:
+            for s in members:
+                stack.enter_context(frames_for_run(s, frames))
+            yield surrogate
+        return
     saved = surrogate.num_frames
     if frames and frames > 0:
         surrogate.num_frames = int(frames)
