@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local diffusers-format folder of the surrogate's weights (repeat it for an ensemble)")
     pr.add_argument("--ensemble-weights", metavar="W[,W...]", default="",
                     help="with several families: the weight of each member's objective, e.g. '1,0.5' (default: 1 each)")
+    pr.add_argument("--ensemble-balance", action="store_true",
+                    help="with several families: scale each member's gradient to a peak of 1 before the weighted sum, "
+                         "so each weight is the member's share of the step whatever its loss scale")
     pr.add_argument("--demo", action="store_true", help="use tiny built-in random models (protects nothing real)")
     pr.add_argument("--preset", choices=["low", "default", "high"], default="default", help="strength preset")
     pr.add_argument("--eps", type=float, help="L-inf budget in 1/255 of the [0,1] range (overrides the preset)")
@@ -251,7 +254,7 @@ def _build_ensemble(args, surrogates):
         for note in objective.notes:
             print(f"anti-i2v: note: {s.family}: {note}", file=sys.stderr)
         members.append(Member(s, objective, w))
-    return Ensemble(members)
+    return Ensemble(members, balance=args.ensemble_balance)
 
 
 def cmd_protect(args) -> int:
@@ -294,7 +297,7 @@ def cmd_protect(args) -> int:
         raise UsageError(f"--surrogate {args.surrogate} names {len(families)} families but {len(models)} --model "
                          "folder(s) were given: give one --model per family, in the same order")
     count = len(models) if not args.demo else max(len(families), 1)
-    if count > 1 or args.ensemble_weights:
+    if count > 1 or args.ensemble_weights or args.ensemble_balance:
         _check_ensemble_args(args, count)  # before any model is loaded
     if args.demo:
         print(DEMO_BANNER, file=sys.stderr)
@@ -315,7 +318,7 @@ def cmd_protect(args) -> int:
             except (SurrogateError, OSError, ValueError) as exc:
                 raise UsageError(f"--model {folder}: {exc}") from None
     ensemble = None
-    if len(surrogates) > 1 or args.ensemble_weights:
+    if len(surrogates) > 1 or args.ensemble_weights or args.ensemble_balance:
         ensemble = _build_ensemble(args, surrogates)
         objective = None
     else:

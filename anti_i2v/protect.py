@@ -448,6 +448,12 @@ def _weighted_sum(acc: list | None, grads: Sequence[Tensor | None], weight: floa
     return [a if g_ is None else (g_ if a is None else a + g_) for a, g_ in zip(acc, scaled)]
 
 
+def _unit_peak(grads: Sequence[Tensor | None]) -> list:
+    """``grads`` divided by their largest absolute entry (an ensemble's ``balance``); unchanged when all zero."""
+    peak = max([float(g_.abs().max()) for g_ in grads if g_ is not None] or [0.0])
+    return list(grads) if peak == 0 else [None if g_ is None else g_ / peak for g_ in grads]
+
+
 def _member_runs(surrogate, losses, x: Tensor, target: Tensor | None, seed: int):
     """(runs, notes, ensemble or None): one run of weight 1 for a surrogate, one per active ensemble member."""
     b, _, h, w = x.shape
@@ -590,6 +596,8 @@ def protect(
                     for run in runs:
                         with active(run.surrogate):
                             r_total, values, r_grads = run.gradient(x, params, perturbation, m, config, tensors, it)
+                        if ens is not None and ens.balance:
+                            r_grads = _unit_peak(r_grads)
                         grads = _weighted_sum(grads, r_grads, run.weight)
                         total = total + run.weight * r_total
                         row = run.record(it, r_total, values)

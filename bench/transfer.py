@@ -6,7 +6,9 @@ For every family in ``--families`` (tiny random-weight models of the real diffus
    (its default objective: IRA + IRC on the family's own layers, Anti-I2V Sec. 3) for ``--steps`` iterations under
    an L-inf budget of ``--eps``/255;
 2. it is also protected once against the **ensemble** of all the families (``anti_i2v.surrogates.ensemble``: the
-   weighted sum of their objectives, ``--ensemble-weights``, members one after another in each iteration);
+   weighted sum of their objectives, ``--ensemble-weights``, members one after another in each iteration), and
+   once more with ``balance=True`` (``ensemble-balanced``: each member's gradient scaled to a peak of 1 before the
+   weighted sum, so that a family whose loss lives on a small scale still gets its share of the step);
    with ``--held-out``, also against the ensemble of all families but one, for each family (the row that says
    whether an ensemble carries over to a model it did not see);
 3. two controls without optimisation at the same budget: uniform noise in [-eps, eps] and random signs of +-eps
@@ -80,6 +82,9 @@ def protect_rows(surrogates: dict, photo: torch.Tensor, args) -> tuple[dict, dic
     targets: dict[str, object] = {f: s for f, s in surrogates.items()}
     if len(families) > 1:
         targets["ensemble"] = Ensemble([Member(surrogates[f], objectives[f], weights[f]) for f in families])
+        if not args.no_balanced:
+            targets["ensemble-balanced"] = Ensemble(
+                [Member(surrogates[f], objectives[f], weights[f]) for f in families], balance=True)
         if args.held_out and len(families) > 2:
             for out in families:
                 rest = [f for f in families if f != out]
@@ -179,6 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--gen-steps", type=int, default=2, help="denoising steps of each verification video")
     ap.add_argument("--frames", type=int, default=None, help="frames per video (default: each family's)")
     ap.add_argument("--ensemble-weights", default="", help="one weight per family, e.g. '1,1,0.5' (default: 1 each)")
+    ap.add_argument("--no-balanced", action="store_true",
+                    help="leave out the 'ensemble-balanced' row (each member's gradient scaled to a peak of 1)")
     ap.add_argument("--held-out", action="store_true",
                     help="also protect against each ensemble of all families but one (3 families or more)")
     ap.add_argument("--seed", type=int, default=0)
@@ -220,8 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "weights")}
         | {"families": families, "ensemble_weights": list(args.weights), "photo": "astronaut"},
         "reading": (
-            "rows: what the photo was protected against (a family, the ensemble of all families, 'ensemble-X' = "
-            "all but X, or a noise control); columns: the family whose generated video is measured; each cell is "
+            "rows: what the photo was protected against (a family, the ensemble of all families, "
+            "'ensemble-balanced' = the same with each member's gradient scaled to a peak of 1, 'ensemble-X' = all "
+            "but X, or a noise control); columns: the family whose generated video is measured; each cell is "
             "the drift of that video from the clean photo's video with the same seed: latent_relative (larger = "
             "more drift), over_noise (latent_relative / the uniform-noise control's in that column), psnr_db, ssim "
             "(lower = more drift); white_box marks protected and verified on the same family"

@@ -44,6 +44,10 @@ class EnsembleSurrogate(io.ComfyNode):
         inputs = []
         for k in range(1, MAX_MEMBERS + 1):
             inputs += _member_inputs(k, optional=k > 2)
+        inputs.append(io.Boolean.Input(
+            "balance", default=False, optional=True,
+            tooltip="Scale each member's gradient to a peak of 1 before the weighted sum, so each weight is that "
+                    "member's share of the step whatever the scale of its loss (off: the plain weighted sum)."))
         return io.Schema(
             node_id=NODE_ID,
             display_name="Ensemble Surrogate (Anti-I2V)",
@@ -62,7 +66,7 @@ class EnsembleSurrogate(io.ComfyNode):
     @classmethod
     def execute(cls, surrogate_1, weight_1: float, surrogate_2, weight_2: float, surrogate_3=None,
                 weight_3: float = 1.0, surrogate_4=None, weight_4: float = 1.0, losses_1=None, losses_2=None,
-                losses_3=None, losses_4=None) -> io.NodeOutput:
+                losses_3=None, losses_4=None, balance: bool = False) -> io.NodeOutput:
         given = [(1, surrogate_1, weight_1, losses_1), (2, surrogate_2, weight_2, losses_2),
                  (3, surrogate_3, weight_3, losses_3), (4, surrogate_4, weight_4, losses_4)]
         members = []
@@ -86,7 +90,7 @@ class EnsembleSurrogate(io.ComfyNode):
             members.append((s, w, chain))
         if all(w == 0 for _, w, _ in members):
             raise ValueError(f"{NODE_ID}: every weight is 0; give at least one member a weight > 0")
-        return io.NodeOutput(EnsembleSpec(tuple(members)))
+        return io.NodeOutput(EnsembleSpec(tuple(members), balance=bool(balance)))
 
 
 def library_ensemble(spec: EnsembleSpec, losses: LossChain, *, node: str) -> Ensemble:
@@ -105,4 +109,4 @@ def library_ensemble(spec: EnsembleSpec, losses: LossChain, *, node: str) -> Ens
         if chain is not None and chain.target is not None:
             target = runtime.to_library_image(chain.target, node=node, arg=f"the target image of member {k}")
         members.append(Member(s, own.objective, w, target=target))
-    return Ensemble(members, activate=runtime.member_loaded, device=mm.get_torch_device())
+    return Ensemble(members, activate=runtime.member_loaded, device=mm.get_torch_device(), balance=spec.balance)

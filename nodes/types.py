@@ -42,9 +42,11 @@ class EnsembleSpec:
         members: ``(surrogate, weight, loss chain or None)`` per connected member; the protect node turns them into
             an :class:`anti_i2v.surrogates.ensemble.Ensemble` (a member without a chain takes the protect node's
             losses).
+        balance: scale each member's gradient to a peak of 1 before the weighted sum.
     """
 
     members: tuple
+    balance: bool = False
 
     @property
     def surrogates(self) -> list:

@@ -100,6 +100,13 @@ class TestGradient:
         # all graphs at once, one backward of the weighted sum: the same gradient up to summation order
         g_all, _ = _first_gradient(monkeypatch, photo, Ensemble(members, sequential=False), None, CFG, cfg)
         _close(g_all, want, 1e-5)
+        # balance: each member's gradient scaled to a peak of 1 before the weighted sum
+        peak_a, peak_b = (max(float(g.abs().max()) for g in gs) for gs in (g_a, g_b))
+        g_bal, r = _first_gradient(monkeypatch, photo, Ensemble(members, balance=True), None, CFG, cfg)
+        _close(g_bal, [ga / peak_a + 0.25 * gb / peak_b for ga, gb in zip(g_a, g_b)], 1e-6)
+        assert r.settings["surrogate"]["balance"] is True
+        with pytest.raises(ValueError, match="sequential"):
+            Ensemble(members, sequential=False, balance=True)
 
     def test_real_families_cogvideox_and_svd(self, photo, monkeypatch):
         cog, svd = tiny_surrogate("cogvideox", seed=0), tiny_surrogate("svd", seed=0)
@@ -315,9 +322,10 @@ def test_cli_demo_ensemble(tmp_path):
     Image.new("RGB", (40, 30), (120, 90, 60)).save(tmp_path / "in" / "a.png")
     out = tmp_path / "out"
     code = main(["protect", str(tmp_path / "in"), "--out", str(out), "--demo", "--surrogate", "cogvideox+svd",
-                 "--ensemble-weights", "1,0.5", "--steps", "1", "--quiet"])
+                 "--ensemble-weights", "1,0.5", "--ensemble-balance", "--steps", "1", "--quiet"])
     assert code == 0
     rep = json.loads((out / "a.report.json").read_text())
+    assert rep["settings"]["surrogate"]["balance"] is True
     assert [(m["family"], m["weight"]) for m in rep["ensemble"]["members"]] == [("cogvideox", 1.0), ("svd", 0.5)]
     assert rep["steps_done"] == 1 and set(rep["loss_history"][0]) == {"step", "loss", "cogvideox", "svd"}
     for argv in (["--surrogate", "cogvideox+nope"], ["--surrogate", "cogvideox+svd", "--ensemble-weights", "1"],

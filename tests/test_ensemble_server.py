@@ -42,7 +42,7 @@ def _graph(srv, *, protect_blocks: str, cog_own: bool, svd_own: bool = True, ste
         "5": {"class_type": "AntiI2V_IRCLoss", "inputs": {"pairs": "1:7", "weight": 1.0, "losses": ["4", 0]}},
         "6": {"class_type": "AntiI2V_EnsembleSurrogate",
               "inputs": {"surrogate_1": ["2", 0], "weight_1": 1.0, "surrogate_2": ["3", 0], "weight_2": 0.5,
-                         "losses_2": ["5", 0]}},
+                         "losses_2": ["5", 0], "balance": True}},
         "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": protect_blocks, "vae_layers": "", "weight": 1.0}},
         "8": {"class_type": "AntiI2V_DSPPerturb",
               "inputs": {"eps": 8.0, "dct_block": 8, "dct_channels": "ab", "mix": 0.5, "restore_luminance": True}},
@@ -75,6 +75,7 @@ def test_ensemble_node_protects_against_both_members(srv):
     assert all(len(m["loss_history"]) == 2 for m in members) and report["steps_done"] == 2
     assert members[0]["working_size"] != members[1]["working_size"]
     assert max(report["linf_255"]) <= 8 + 1e-3
+    assert report["settings"]["surrogate"]["balance"] is True
 
 
 def test_member_without_its_own_losses_is_named_when_an_index_does_not_fit(srv):

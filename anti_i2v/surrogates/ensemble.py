@@ -17,6 +17,13 @@ its target conditioning (cached once per run), one shared ``z_t`` per iteration 
 passes, its early exit, its half-precision loss scale and vanished-gradient check, and its own noise generator
 seeded with the run's seed (so member ``k`` draws exactly the timesteps and noise it would draw alone).
 
+**Balance.** Members' losses live on different scales (feature sizes and magnitudes differ between families), so
+with plain weights the member with the largest gradient steers the step. ``balance=True`` scales each member's
+gradient to a peak of 1 (its largest absolute entry over the perturbation's parameters) before the weighted sum:
+each member's weight is then its share of the step, whatever its loss scale (the pack's default step rule scales
+the summed gradient to its peak afterwards, as for one surrogate). Off by default: the plain weighted sum is the
+objective's true gradient.
+
 **Memory.** By default (``sequential=True``) the members run one after another in every iteration and each one's
 backward runs right after its forward (gradients accumulated on the perturbation's parameters, the activation
 graph freed before the next member starts), so the loop's activation memory is that of the largest member, not the
@@ -85,6 +92,8 @@ class Ensemble:
         activate: optional ``callable(surrogate) -> context manager`` entered around each member's work (model
             loading / offloading); None does nothing.
         device: where the photo and the perturbation live; None: the first member's device.
+        balance: scale each member's gradient to a peak of 1 before the weighted sum (see the module docstring;
+            sequential only).
 
     Example:
         >>> ens = Ensemble([Member(cogvideox), Member(svd, weight=0.5)])       # doctest: +SKIP
@@ -100,6 +109,7 @@ class Ensemble:
         sequential: bool = True,
         activate: Callable[[Surrogate], ContextManager] | None = None,
         device: str | torch.device | None = None,
+        balance: bool = False,
     ) -> None:
         ms = [m if isinstance(m, Member) else Member(m) for m in members]
         if not ms:
@@ -108,6 +118,9 @@ class Ensemble:
             raise ValueError("every ensemble weight is 0: give at least one member a weight > 0")
         self.members: tuple[Member, ...] = tuple(ms)
         self.sequential = bool(sequential)
+        self.balance = bool(balance)
+        if self.balance and not self.sequential:
+            raise ValueError("balance=True needs each member's own gradient: use it with sequential=True")
         self.activate = activate
         self._device = None if device is None else torch.device(device)
         labels: list[str] = []
@@ -147,6 +160,7 @@ class Ensemble:
         return {
             "family": self.family,
             "sequential": self.sequential,
+            "balance": self.balance,
             "members": [
                 {"label": lab, "family": m.surrogate.family, "weight": m.weight, "surrogate": m.surrogate.describe()}
                 for lab, m in zip(self.labels, self.members)
