@@ -42,7 +42,7 @@ from . import dsp as dsp_mod
 from .dsp import DSPConfig, check_image
 from .losses import LossTerm, Objective
 from .metrics import image_quality
-from .surrogates.base import Conditioning, Surrogate
+from .surrogates.base import Surrogate
 from .surrogates.ensemble import Ensemble, Member
 
 __all__ = [
