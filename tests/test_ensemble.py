@@ -333,3 +333,46 @@ def test_cli_demo_ensemble(tmp_path):
         with pytest.raises(SystemExit) if "nope" in argv[1] else contextlib.nullcontext():
             assert main(["protect", str(tmp_path / "in"), "--out", str(out), "--demo", "--steps", "1", "--quiet",
                          "--overwrite", *argv]) == 2
+
+
+def test_comfy_loads_each_member_for_its_turn_and_cancel_stops_between_members(monkeypatch):
+    """nodes/runtime.member_loaded, the node's ``activate``, in-process with the real ComfyUI (``--cpu``): before
+    each member's turn ComfyUI's ``load_models_gpu`` gets that member's patchers (prepare, then every iteration, in
+    member order), and ComfyUI's interrupt flag stops the loop at the next member's turn, models unchanged."""
+    import importlib.util
+
+    from tests import comfy_models as cm
+
+    cm.ensure_comfy_path()
+    import comfy.model_management as mm
+
+    spec = importlib.util.spec_from_file_location("anti_i2v_nodes_runtime", cm.REPO_ROOT / "nodes" / "runtime.py")
+    runtime = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtime)  # by path: ComfyUI's own top-level ``nodes`` module shadows the pack's package
+
+    a, b = runtime.manage_surrogate(ToySurrogate()), runtime.manage_surrogate(SmallToy())
+    names = {id(a.comfy_patchers[0]): "toy", id(b.comfy_patchers[0]): "smalltoy"}
+    loads = []
+    real_load = mm.load_models_gpu
+
+    def recording_load(patchers, *args, **kw):
+        loads.append([names.get(id(p), "other") for p in patchers])
+        return real_load(patchers, *args, **kw)
+
+    monkeypatch.setattr(mm, "load_models_gpu", recording_load)
+    ens = Ensemble([Member(a, OBJ_A), Member(b, OBJ_B)], activate=runtime.member_loaded, device="cpu")
+    before = [_state(a), _state(b)]
+    photo = torch.rand(1, 3, 20, 28, generator=torch.Generator().manual_seed(0))
+    r = protect(photo, ens, None, CFG, ProtectConfig(steps=2))
+    assert loads == [["toy"], ["smalltoy"]] * 3 and len(r.history) == 2
+
+    loads.clear()
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            # Cancel pressed while iteration 1 runs: the next member's turn raises ComfyUI's interrupt
+            protect(photo, ens, None, CFG, ProtectConfig(steps=5),
+                    callback=lambda p: mm.interrupt_current_processing(True))
+    finally:
+        mm.interrupt_current_processing(False)
+    assert loads == [["toy"], ["smalltoy"]] * 2  # prepare and iteration 1; nothing after the flag was set
+    assert _same_state(before[0], _state(a)) and _same_state(before[1], _state(b))
