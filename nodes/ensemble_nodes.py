@@ -4,11 +4,14 @@ The node only collects its members (2-4 surrogates, a weight each, optional per-
 :class:`nodes.types.EnsembleSpec`, which travels in the ``ANTI_I2V_SURROGATE`` socket to the protect node. There,
 :func:`library_ensemble` builds the library's :class:`anti_i2v.surrogates.ensemble.Ensemble` with an ``activate``
 hook (:func:`nodes.runtime.member_loaded`) that asks ComfyUI's model management to load a member's models right
-before that member runs in each iteration: ComfyUI offloads the other members' models when the device lacks room,
-so the loop needs the memory of the largest member, not of all of them.
+before that member runs in each iteration and, with ``offload_between_members`` (default), to unload them after its
+turn, so the loop needs the memory of the largest member, not of all of them. Off, ComfyUI keeps members loaded
+while their weights fit (faster; its room check does not count the loop's activations).
 """
 
 from __future__ import annotations
+
+import functools
 
 from anti_i2v.surrogates.base import Surrogate
 from anti_i2v.surrogates.ensemble import Ensemble, Member
@@ -48,6 +51,11 @@ class EnsembleSurrogate(io.ComfyNode):
             "balance", default=False, optional=True,
             tooltip="Scale each member's gradient to a peak of 1 before the weighted sum, so each weight is that "
                     "member's share of the step whatever the scale of its loss (off: the plain weighted sum)."))
+        inputs.append(io.Boolean.Input(
+            "offload_between_members", default=True, optional=True,
+            tooltip="Unload each member's models after its turn, so the GPU holds one member's weights at a time "
+                    "next to the loop's activations (slower: weights move every iteration). Off: ComfyUI keeps "
+                    "members loaded while their weights fit, which can run out of memory in the backward pass."))
         return io.Schema(
             node_id=NODE_ID,
             display_name="Ensemble Surrogate (Anti-I2V)",
@@ -66,7 +74,8 @@ class EnsembleSurrogate(io.ComfyNode):
     @classmethod
     def execute(cls, surrogate_1, weight_1: float, surrogate_2, weight_2: float, surrogate_3=None,
                 weight_3: float = 1.0, surrogate_4=None, weight_4: float = 1.0, losses_1=None, losses_2=None,
-                losses_3=None, losses_4=None, balance: bool = False) -> io.NodeOutput:
+                losses_3=None, losses_4=None, balance: bool = False,
+                offload_between_members: bool = True) -> io.NodeOutput:
         given = [(1, surrogate_1, weight_1, losses_1), (2, surrogate_2, weight_2, losses_2),
                  (3, surrogate_3, weight_3, losses_3), (4, surrogate_4, weight_4, losses_4)]
         members = []
@@ -90,7 +99,8 @@ class EnsembleSurrogate(io.ComfyNode):
             members.append((s, w, chain))
         if all(w == 0 for _, w, _ in members):
             raise ValueError(f"{NODE_ID}: every weight is 0; give at least one member a weight > 0")
-        return io.NodeOutput(EnsembleSpec(tuple(members), balance=bool(balance)))
+        return io.NodeOutput(EnsembleSpec(tuple(members), balance=bool(balance),
+                                          offload=bool(offload_between_members)))
 
 
 def library_ensemble(spec: EnsembleSpec, losses: LossChain, *, node: str) -> Ensemble:
@@ -109,4 +119,5 @@ def library_ensemble(spec: EnsembleSpec, losses: LossChain, *, node: str) -> Ens
         if chain is not None and chain.target is not None:
             target = runtime.to_library_image(chain.target, node=node, arg=f"the target image of member {k}")
         members.append(Member(s, own.objective, w, target=target))
-    return Ensemble(members, activate=runtime.member_loaded, device=mm.get_torch_device(), balance=spec.balance)
+    activate = functools.partial(runtime.member_loaded, offload=spec.offload)
+    return Ensemble(members, activate=activate, device=mm.get_torch_device(), balance=spec.balance)

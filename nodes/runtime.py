@@ -36,6 +36,7 @@ __all__ = [
     "loaded_for_run",
     "frames_for_run",
     "member_loaded",
+    "unload_patchers",
     "node_errors",
     "perturbation_view",
     "to_json",
@@ -185,13 +186,41 @@ def loaded_for_run(surrogate: Surrogate) -> Iterator[Surrogate]:
     mm.soft_empty_cache()
 
 
+def _patchers_of(surrogate: Surrogate) -> list:
+    """The ComfyUI ModelPatchers a surrogate runs on: the pack's own wrapper, or a native surrogate's (the user's)."""
+    patchers = list(getattr(surrogate, "comfy_patchers", None) or [])
+    own = getattr(surrogate, "_patchers", None)
+    if not patchers and callable(own):
+        patchers = list(own())
+    return patchers
+
+
+def unload_patchers(patchers: list) -> int:
+    """Ask ComfyUI's model management to unload exactly these patchers (moved to their offload device, as ComfyUI's
+    own ``free_memory`` does); returns how many were loaded."""
+    import comfy.model_management as mm
+
+    count = 0
+    for i in range(len(mm.current_loaded_models) - 1, -1, -1):
+        loaded = mm.current_loaded_models[i]
+        if any(loaded.model is p for p in patchers):
+            loaded.model_unload()
+            mm.current_loaded_models.pop(i)
+            count += 1
+    if count:
+        mm.soft_empty_cache()
+    return count
+
+
 @contextlib.contextmanager
-def member_loaded(surrogate: Surrogate) -> Iterator[Surrogate]:
+def member_loaded(surrogate: Surrogate, *, offload: bool = False) -> Iterator[Surrogate]:
     """An ensemble member's turn (the ``activate`` hook of :class:`anti_i2v.surrogates.ensemble.Ensemble`).
 
     Checks ComfyUI's interrupt flag (Cancel between two members), then asks ComfyUI to load this member's models
-    (``load_models_gpu``, which offloads other models, e.g. the other members', when the device lacks room); a
-    native surrogate loads its own models in each call. Nothing is moved back here: ComfyUI decides.
+    (``load_models_gpu``, which offloads other models, e.g. the other members', when the device lacks room for the
+    weights); a native surrogate loads its own models in each call. With ``offload`` the member's models are unloaded
+    again after its turn (also on error), so the device holds one member's weights at a time: ComfyUI's room check
+    counts weights, not the loop's activations, which can be tens of GB for a real I2V model.
     """
     import comfy.model_management as mm
 
@@ -201,7 +230,11 @@ def member_loaded(surrogate: Surrogate) -> Iterator[Surrogate]:
         mm.load_models_gpu(patchers, force_full_load=True)
         if getattr(surrogate, "comfy_owned", False):
             surrogate.to(patchers[0].load_device)
-    yield surrogate
+    try:
+        yield surrogate
+    finally:
+        if offload:
+            unload_patchers(_patchers_of(surrogate))
 
 
 @contextlib.contextmanager

@@ -43,10 +43,13 @@ class EnsembleSpec:
             an :class:`anti_i2v.surrogates.ensemble.Ensemble` (a member without a chain takes the protect node's
             losses).
         balance: scale each member's gradient to a peak of 1 before the weighted sum.
+        offload: unload each member's models after its turn in every iteration (one member's weights on the device
+            at a time).
     """
 
     members: tuple
     balance: bool = False
+    offload: bool = True
 
     @property
     def surrogates(self) -> list:

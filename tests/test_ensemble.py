@@ -355,8 +355,11 @@ def test_comfy_loads_each_member_for_its_turn_and_cancel_stops_between_members(m
     loads = []
     real_load = mm.load_models_gpu
 
+    resident = []  # which members ComfyUI holds loaded when a member's turn starts
+
     def recording_load(patchers, *args, **kw):
         loads.append([names.get(id(p), "other") for p in patchers])
+        resident.append(sorted(names[id(m.model)] for m in mm.current_loaded_models if id(m.model) in names))
         return real_load(patchers, *args, **kw)
 
     monkeypatch.setattr(mm, "load_models_gpu", recording_load)
@@ -375,4 +378,17 @@ def test_comfy_loads_each_member_for_its_turn_and_cancel_stops_between_members(m
     finally:
         mm.interrupt_current_processing(False)
     assert loads == [["toy"], ["smalltoy"]] * 2  # prepare and iteration 1; nothing after the flag was set
+    assert _same_state(before[0], _state(a)) and _same_state(before[1], _state(b))
+    # without offload both members stay loaded once loaded; with it (the node's default) a member's models are
+    # unloaded after its turn, so no other member is resident when a turn starts
+    assert resident[-1] == ["smalltoy", "toy"]
+    import functools
+
+    assert runtime.unload_patchers(a.comfy_patchers + b.comfy_patchers) == 2
+    resident.clear()
+    offloading = Ensemble([Member(a, OBJ_A), Member(b, OBJ_B)], device="cpu",
+                          activate=functools.partial(runtime.member_loaded, offload=True))
+    protect(photo, offloading, None, CFG, ProtectConfig(steps=2))
+    assert resident == [[]] * 6
+    assert not any(id(m.model) in names for m in mm.current_loaded_models)
     assert _same_state(before[0], _state(a)) and _same_state(before[1], _state(b))
