@@ -109,7 +109,7 @@ class TestGradient:
             Ensemble(members, sequential=False, balance=True)
 
     def test_real_families_cogvideox_and_svd(self, photo, monkeypatch):
-        cog, svd = tiny_surrogate("cogvideox", seed=0), tiny_surrogate("svd", seed=0)
+        cog, svd = tiny_surrogate("cogvideox", seed=0, num_frames=5), tiny_surrogate("svd", seed=0, num_frames=2)
         o_c, o_s = cog.default_objective(), svd.default_objective()
         cfg = ProtectConfig(steps=1, seed=2)
         g_c, _ = _first_gradient(monkeypatch, photo, cog, o_c, CFG, cfg)
