@@ -23,6 +23,10 @@ Each iteration (Anti-I2V Alg. 1):
 
 The loop never changes the input tensors, the models' weights, their ``requires_grad`` flags, training flags
 or hooks, also when it fails or is cancelled.
+
+An :class:`~anti_i2v.surrogates.ensemble.Ensemble` runs steps 1 and 3-6 once per member (its own working size,
+cached conditioning, z_t, loss scale and noise generator), one member after another, each member's backward before
+the next member's forward; the step in 6 takes the weighted sum of the members' gradients.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ __all__ = [
     "frames_for_run",
     "member_loaded",
     "unload_patchers",
+    "not_a_surrogate",
     "node_errors",
     "perturbation_view",
     "to_json",
@@ -255,6 +256,14 @@ def frames_for_run(surrogate: Surrogate, frames: int) -> Iterator[Surrogate]:
         yield surrogate
     finally:
         surrogate.num_frames = saved
+
+
+def not_a_surrogate(node: str, obj) -> ValueError:
+    """The error of a node that takes one surrogate and got something else (an ensemble is named as such)."""
+    if type(obj).__name__ == "EnsembleSpec":
+        return ValueError(f"{node}: 'surrogate' takes one surrogate, not an Ensemble Surrogate: connect one of the "
+                          "ensemble's Load I2V Surrogate nodes here")
+    return ValueError(f"{node}: 'surrogate' must come from the Load I2V Surrogate node, got {type(obj).__name__}")
 
 
 @contextlib.contextmanager

@@ -90,3 +90,14 @@ def test_member_without_its_own_losses_is_named_when_an_index_does_not_fit(srv):
     assert entry["status"]["status_str"] == "success", f"{ComfyServer.error_of(entry)}\n{srv.log()}"
     members = json.loads(entry["outputs"]["10"]["text"][0])["ensemble"]["members"]
     assert [m["objective"][0]["blocks"] for m in members] == [[2], [8]]
+
+
+def test_single_surrogate_nodes_refuse_an_ensemble_by_name(srv):
+    g = _graph(srv, protect_blocks="3", cog_own=False)
+    g = {k: g[k] for k in ("1", "2", "3", "4", "5", "6")}
+    g["20"] = {"class_type": "AntiI2V_PreviewAttackVideo",
+               "inputs": {"surrogate": ["6", 0], "clean_image": ["1", 0], "protected_image": ["1", 0], "steps": 1,
+                          "seed": 0, "frames": 0}}
+    entry = srv.wait(srv.post_prompt(g), timeout=120)
+    err = ComfyServer.error_of(entry)
+    assert err is not None and "takes one surrogate, not an Ensemble Surrogate" in err["exception_message"]
