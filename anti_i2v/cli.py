@@ -11,6 +11,9 @@ usual permissions (0666 less the umask). Exit status: 0 all done, 1 some photos 
 ``anti-i2v convert-dynamicrafter model.ckpt OUT_DIR`` converts DynamiCrafter's Lightning checkpoint (read with
 ``torch.load(weights_only=True)``) into the safetensors folder that ``--surrogate dynamicrafter --model OUT_DIR``
 loads.
+
+Ensembles: ``--surrogate cogvideox+svd --model COG_DIR --model SVD_DIR --ensemble-weights 1,0.5`` protects against
+both models at once (:class:`anti_i2v.surrogates.ensemble.Ensemble`; each member with its family's default layers).
 """
 
 from __future__ import annotations
@@ -49,10 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Protect photos against image-to-video diffusion models.")
     pr.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders of images")
     pr.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    pr.add_argument("--surrogate", choices=["auto", *FAMILIES], default="auto",
-                    help="I2V model family to attack (default: auto, read from --model's model_index.json; "
-                         "cogvideox with --demo)")
-    pr.add_argument("--model", metavar="DIR", help="local diffusers-format folder of the surrogate's weights")
+    pr.add_argument("--surrogate", type=_surrogate_arg, default="auto", metavar="FAMILY[+FAMILY...]",
+                    help=f"I2V model family to attack ({', '.join(_families())}; default: auto, read from --model's "
+                         "model_index.json; cogvideox with --demo). Several joined by '+' (e.g. cogvideox+svd) "
+                         "protect against an ensemble: one --model per family, in the same order")
+    pr.add_argument("--model", metavar="DIR", action="append",
+                    help="local diffusers-format folder of the surrogate's weights (repeat it for an ensemble)")
+    pr.add_argument("--ensemble-weights", metavar="W[,W...]", default="",
+                    help="with several families: the weight of each member's objective, e.g. '1,0.5' (default: 1 each)")
+    pr.add_argument("--ensemble-balance", action="store_true",
+                    help="with several families: scale each member's gradient to a peak of 1 before the weighted sum, "
+                         "so each weight is the member's share of the step whatever its loss scale")
     pr.add_argument("--demo", action="store_true", help="use tiny built-in random models (protects nothing real)")
     pr.add_argument("--preset", choices=["low", "default", "high"], default="default", help="strength preset")
     pr.add_argument("--eps", type=float, help="L-inf budget in 1/255 of the [0,1] range (overrides the preset)")
@@ -117,6 +127,25 @@ def cmd_convert_dynamicrafter(args) -> int:
         raise UsageError(f"{args.out_dir}: cannot write the converted model ({exc.strerror or exc})") from None
     print(f"converted {args.checkpoint} -> {out} (use: anti-i2v protect ... --model {out})", file=sys.stderr)
     return 0
+
+
+def _families() -> list[str]:
+    from .surrogates import FAMILIES
+
+    return list(FAMILIES)
+
+
+def _surrogate_arg(text: str) -> str:
+    """``auto``, one family, or several joined by ``+`` (an ensemble)."""
+    if text == "auto":
+        return text
+    parts = [p.strip() for p in text.split("+")]
+    bad = [p for p in parts if p not in _families()]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown family {bad[0]!r} in {text!r}: choose auto or one or more of {', '.join(_families())} "
+            "joined by '+'")
+    return "+".join(parts)
 
 
 def _collect(paths: list[str], recursive: bool) -> list[tuple[Path, Path]]:
@@ -234,6 +263,39 @@ def _build_objective(args, surrogate):
     return Objective(tuple(terms))
 
 
+def _check_ensemble_args(args, count: int) -> tuple[float, ...]:
+    """The ensemble's weights; UsageError for options that cannot apply to an ensemble of ``count`` members."""
+    from .surrogates.ensemble import parse_weights
+
+    if args.ira_blocks is not None or args.vae_layers is not None or args.irc_pairs is not None:
+        raise UsageError("--ira-blocks, --vae-layers and --irc-pairs name layers of one model: with an ensemble "
+                         "each member uses its family's default layers (leave these options out)")
+    try:
+        return parse_weights(args.ensemble_weights, count, name="--ensemble-weights")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _build_ensemble(args, surrogates):
+    """An :class:`~anti_i2v.surrogates.ensemble.Ensemble` of the loaded surrogates: each member takes its family's
+    default objective (or the chosen baseline) and its weight from ``--ensemble-weights``."""
+    from .surrogates import SurrogateError
+    from .surrogates.ensemble import Ensemble, Member
+
+    weights = _check_ensemble_args(args, len(surrogates))
+    members = []
+    for s, w in zip(surrogates, weights):
+        try:
+            objective = _build_objective(args, s)
+            s.validate_request(objective.request())
+        except (ValueError, SurrogateError) as exc:
+            raise UsageError(f"{s.family}: {exc}") from None
+        for note in objective.notes:
+            print(f"anti-i2v: note: {s.family}: {note}", file=sys.stderr)
+        members.append(Member(s, objective, w))
+    return Ensemble(members, balance=args.ensemble_balance)
+
+
 def cmd_protect(args) -> int:
     import torch
 
@@ -268,37 +330,54 @@ def cmd_protect(args) -> int:
     if args.frames is not None:
         kw["num_frames"] = args.frames
 
+    models = list(args.model or [])
+    families = [] if args.surrogate == "auto" else args.surrogate.split("+")
+    if not args.demo and families and len(families) != len(models):
+        raise UsageError(f"--surrogate {args.surrogate} names {len(families)} families but {len(models)} --model "
+                         "folder(s) were given: give one --model per family, in the same order")
+    count = len(models) if not args.demo else max(len(families), 1)
+    if count > 1 or args.ensemble_weights or args.ensemble_balance:
+        _check_ensemble_args(args, count)  # before any model is loaded
     if args.demo:
         print(DEMO_BANNER, file=sys.stderr)
-        family = "cogvideox" if args.surrogate == "auto" else args.surrogate
-        surrogate = tiny_surrogate(family, seed=0, **kw).to(device)
+        surrogates = [tiny_surrogate(f, seed=0, **kw).to(device) for f in (families or ["cogvideox"])]
     else:
         from .surrogates.detect import detect_family
 
-        try:
-            family = args.surrogate
-            if family == "auto":
-                if not Path(args.model).is_dir():
-                    raise SurrogateError(f"model folder {args.model!r} does not exist or is not a folder")
-                family = detect_family(Path(args.model))
-            surrogate = load_surrogate(family, args.model, dtype=dtype, device=device,
-                                       gradient_checkpointing=args.gradient_checkpointing, **kw)
-        except (SurrogateError, OSError, ValueError) as exc:
-            raise UsageError(f"--model {args.model}: {exc}") from None
+        surrogates = []
+        for i, folder in enumerate(models):
+            try:
+                family = families[i] if families else "auto"
+                if family == "auto":
+                    if not Path(folder).is_dir():
+                        raise SurrogateError(f"model folder {folder!r} does not exist or is not a folder")
+                    family = detect_family(Path(folder))
+                surrogates.append(load_surrogate(family, folder, dtype=dtype, device=device,
+                                                 gradient_checkpointing=args.gradient_checkpointing, **kw))
+            except (SurrogateError, OSError, ValueError) as exc:
+                raise UsageError(f"--model {folder}: {exc}") from None
     if args.low_vram:
         from .lowvram import LowVram
 
-        surrogate.low_vram = LowVram(frames=args.frames)  # protect() applies it per photo and restores after
-    try:
-        objective = _build_objective(args, surrogate)
-        surrogate.validate_request(objective.request())
-    except (ValueError, SurrogateError) as exc:
-        raise UsageError(str(exc)) from None
-    for note in objective.notes:
-        print(f"anti-i2v: note: {note}", file=sys.stderr)
+        for s_ in surrogates:  # protect() applies it per photo (per member) and restores everything after
+            s_.low_vram = LowVram(frames=args.frames)
+    ensemble = None
+    if len(surrogates) > 1 or args.ensemble_weights or args.ensemble_balance:
+        ensemble = _build_ensemble(args, surrogates)
+        objective = None
+    else:
+        (surrogate,) = surrogates
+        try:
+            objective = _build_objective(args, surrogate)
+            surrogate.validate_request(objective.request())
+        except (ValueError, SurrogateError) as exc:
+            raise UsageError(str(exc)) from None
+        for note in objective.notes:
+            print(f"anti-i2v: note: {note}", file=sys.stderr)
     from .protect import inert_reason
 
-    inert = inert_reason(objective, loop_cfg)
+    inert = inert_reason(objective, loop_cfg) if ensemble is None else inert_reason(ensemble.members[0].objective,
+                                                                                     loop_cfg)
     if inert:
         print(f"anti-i2v: note: {inert}", file=sys.stderr)
     target = None
@@ -338,7 +417,7 @@ def cmd_protect(args) -> int:
                 bar.set_postfix(loss=f"{p.loss:.4g}")
 
             t0 = time.perf_counter()
-            result = protect(image, surrogate, objective, dsp_cfg, loop_cfg, target=target, callback=cb)
+            result = protect(image, ensemble or surrogate, objective, dsp_cfg, loop_cfg, target=target, callback=cb)
             bar.close()
             q8 = _to_uint8(result.protected)
             from PIL import Image

@@ -23,6 +23,10 @@ Each iteration (Anti-I2V Alg. 1):
 
 The loop never changes the input tensors, the models' weights, their ``requires_grad`` flags, training flags
 or hooks, also when it fails or is cancelled.
+
+An :class:`~anti_i2v.surrogates.ensemble.Ensemble` runs steps 1 and 3-6 once per member (its own working size,
+cached conditioning, z_t, loss scale and noise generator), one member after another, each member's backward before
+the next member's forward; the step in 6 takes the weighted sum of the members' gradients.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import contextlib
 import gc
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -43,7 +47,8 @@ from . import lowvram
 from .dsp import DSPConfig, check_image
 from .losses import LossTerm, Objective
 from .metrics import image_quality
-from .surrogates.base import Conditioning, Surrogate
+from .surrogates.base import Surrogate
+from .surrogates.ensemble import Ensemble, Member
 
 __all__ = [
     "ProtectConfig",
@@ -56,6 +61,8 @@ __all__ = [
     "frozen_models",
     "PRESETS",
     "GradientVanished",
+    "Ensemble",
+    "Member",
 ]
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -162,10 +169,13 @@ class ProtectResult:
     settings: dict = field(default_factory=dict)
     seconds: float = 0.0
     quality: dict = field(default_factory=dict)
+    #: ensemble runs: one dict per member that ran (label, family, weight, objective with its resolved layers,
+    #: working size, loss scale, loss history); empty for a single surrogate
+    members: list = field(default_factory=list)
 
     def report(self) -> dict:
         """A JSON-friendly report (no tensors)."""
-        return {
+        rep = {
             "settings": self.settings,
             "steps_done": len(self.history),
             "cancelled": self.cancelled,
@@ -176,6 +186,10 @@ class ProtectResult:
             "quality": self.quality,
             "loss_history": self.history,
         }
+        if self.members:
+            rep["ensemble"] = {"sequential": self.settings.get("surrogate", {}).get("sequential"),
+                               "members": self.members}
+        return rep
 
 
 class ProtectCancelled(RuntimeError):
@@ -306,10 +320,186 @@ def _feature_tensors(f) -> list[Tensor]:
     return out
 
 
+class _MemberRun:
+    """One surrogate's share of the loop: its objective, working size, target, cached conditioning and loss scale.
+
+    The single-surrogate loop is one such run of weight 1; an :class:`~anti_i2v.surrogates.ensemble.Ensemble` runs
+    one per member, each with its own noise generator seeded with the run's seed.
+    """
+
+    def __init__(self, surrogate: Surrogate, objective: Objective, weight: float, label: str | None,
+                 target: Tensor | None, batch: int, size: tuple[int, int], seed: int) -> None:
+        self.surrogate, self.objective, self.weight, self.label = surrogate, objective, float(weight), label
+        self.shared_terms = [t for t in objective.terms if not t.request().own_latent]
+        self.own_terms = [t for t in objective.terms if t.request().own_latent]
+        self.req = Objective(tuple(self.shared_terms)).request()
+        self.req_own = Objective(tuple(self.own_terms)).request()
+        self.treq = objective.target_request()
+        for r in (self.req, self.req_own, self.treq):
+            surrogate.validate_request(r)
+        self.work = surrogate.working_size(*size)
+        self.batch = batch
+        self.target = None
+        if not self.treq.empty and target is not None:
+            t = check_image(target, "target")
+            if t.shape[0] not in (1, batch):
+                raise ValueError(f"target batch ({t.shape[0]}) must be 1 or match the image batch ({batch})")
+            self.target = t
+        self.gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.model_dtype = _model_dtype(surrogate)
+        self.names = objective.names()
+        self.loss_scale: float | None = None
+        self.history: list[dict[str, float]] = []
+        self.t_img = self.clean_x0 = self.tgt_cond = None
+
+    def _where(self) -> str:
+        return "" if self.label is None else f" (ensemble member {self.label!r})"
+
+    def prepare(self, x: Tensor, cache_conditioning: bool) -> None:
+        """Once per run, no gradient: the target at the working size, the clean photo's ``x0``, the target's
+        conditioning."""
+        s, device = self.surrogate, self.surrogate.device
+        if not self.treq.empty:
+            t = self.target if self.target is not None else default_target(*self.work)
+            t = resize_to(t.detach().to(device=device, dtype=torch.float32), self.work)
+            self.t_img = t.expand(self.batch, -1, -1, -1).contiguous()
+        with torch.no_grad():
+            if self.req.needs_denoiser:
+                clean_cond = s.encode_image(resize_to(x.to(device), self.work))
+                self.clean_x0 = s.clean_latent(clean_cond).detach()
+                del clean_cond
+            if self.t_img is not None and cache_conditioning:
+                self.tgt_cond = s.encode_image(self.t_img, self.treq.vae_layers).detach()
+
+    def forward(self, x: Tensor, params, perturbation: DSPConfig, m: Tensor | None, config: ProtectConfig,
+                it: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """One iteration's objective (float32, graph to ``params``) and its unweighted terms."""
+        s, work, device = self.surrogate, self.work, self.surrogate.device
+        draw = s.draw_noise(self.batch, self.gen, size=work)
+        tgt_feats = None
+        if self.t_img is not None:
+            with torch.no_grad():
+                tgt_feats = s.features(None if self.tgt_cond is not None else self.t_img, draw, self.treq,
+                                       clean=self.clean_x0, cond=self.tgt_cond)
+        adv_full = dsp_mod.apply_dsp(x, params, perturbation, m)
+        adv_work = resize_to(adv_full, work).to(device)
+        if config.robust_jpeg:
+            adv_work = _jpeg(adv_work, config.robust_jpeg)
+        all_vae = self.req.vae_layers | self.req_own.vae_layers
+        adv_cond = s.encode_image(adv_work, all_vae)
+        adv_feats = s.features(None, draw, self.req, clean=self.clean_x0, cond=adv_cond) if self.shared_terms else None
+        own_feats = s.features(None, draw, self.req_own, cond=adv_cond) if self.own_terms else None
+        total, values = self.objective.evaluate(adv_feats, tgt_feats, own=own_feats)
+        if not torch.isfinite(total):
+            raise FloatingPointError(
+                f"the objective{self._where()} became {float(total)} at iteration {it + 1} with a "
+                f"{self.model_dtype} model; try float32 or bfloat16, or a smaller step_size"
+            )
+        if self.loss_scale is None:
+            self.loss_scale = _initial_scale([adv_feats, own_feats, tgt_feats], self.model_dtype)
+        return total, values
+
+    def usable(self, grads: Sequence[Tensor | None], it: int, retries: int) -> bool:
+        """True when the gradients can be used; False after rescaling the loss for a retry (half precision);
+        raises :class:`GradientVanished` when retries cannot help."""
+        present = [g_ for g_ in grads if g_ is not None]
+        finite = all(bool(torch.isfinite(g_).all()) for g_ in present)
+        nonzero = any(bool((g_ != 0).any()) for g_ in present) if finite else False
+        if finite and nonzero:
+            return True
+        # half precision: back off on overflow, scale up on underflow, retry the iteration
+        if self.model_dtype != torch.float32 and retries < 12:
+            self.loss_scale = self.loss_scale / 16.0 if not finite else self.loss_scale * 256.0
+            return False
+        what = "not finite" if not finite else "zero"
+        raise GradientVanished(
+            f"every gradient of iteration {it + 1}{self._where()} was {what} with a "
+            f"{str(self.model_dtype).replace('torch.', '')} model (loss scale {self.loss_scale:g}): the protection "
+            "would do nothing. Load the model in bfloat16 or float32, or check that the chosen layers depend on the "
+            "image"
+        )
+
+    def gradient(self, x, params, perturbation, m, config, tensors, it):
+        """This run's objective, terms and gradient on ``tensors`` (unscaled), with half-precision retries."""
+        retries = 0
+        while True:
+            total, values = self.forward(x, params, perturbation, m, config, it)
+            if total.requires_grad:
+                grads = torch.autograd.grad(total * self.loss_scale, tensors, allow_unused=True)
+            else:  # nothing the loss reads depends on the photo
+                grads = (None,) * len(tensors)
+            total = total.detach()
+            if self.usable(grads, it, retries):
+                break
+            retries += 1
+            del total, values, grads
+        return total, values, [None if g_ is None else g_ / self.loss_scale for g_ in grads]
+
+    def record(self, it: int, total: Tensor, values: dict[str, Tensor]) -> dict[str, float]:
+        row = {"step": it + 1, "loss": float(total.detach())}
+        row.update({n: float(values[n].detach()) for n in self.names})
+        self.history.append(row)
+        return row
+
+    def release(self) -> None:
+        self.t_img = self.clean_x0 = self.tgt_cond = None
+
+
+def _weighted_sum(acc: list | None, grads: Sequence[Tensor | None], weight: float) -> list:
+    """``acc + weight * grads`` per tensor (None counts as zero); the first call returns ``weight * grads``."""
+    scaled = list(grads) if weight == 1.0 else [None if g_ is None else g_ * weight for g_ in grads]
+    if acc is None:
+        return scaled
+    return [a if g_ is None else (g_ if a is None else a + g_) for a, g_ in zip(acc, scaled)]
+
+
+def _unit_peak(grads: Sequence[Tensor | None]) -> list:
+    """``grads`` divided by their largest absolute entry (an ensemble's ``balance``); unchanged when all zero."""
+    peak = max([float(g_.abs().max()) for g_ in grads if g_ is not None] or [0.0])
+    return list(grads) if peak == 0 else [None if g_ is None else g_ / peak for g_ in grads]
+
+
+def _member_runs(surrogate, losses, x: Tensor, target: Tensor | None, seed: int):
+    """(runs, notes, ensemble or None): one run of weight 1 for a surrogate, one per active ensemble member."""
+    b, _, h, w = x.shape
+    if not isinstance(surrogate, Ensemble):
+        if losses is None:
+            raise ValueError("losses: give the objective (an Objective, a loss term or a list of terms)")
+        objective = _as_objective(losses)
+        if not len(objective):
+            raise ValueError("losses: the objective has no loss terms")
+        return [_MemberRun(surrogate, objective, 1.0, None, target, b, (h, w), seed)], [], None
+    if losses is not None:
+        raise ValueError("losses: an Ensemble carries one objective per member (Member(surrogate, objective, "
+                         "weight)); pass losses=None")
+    runs, notes = [], []
+    for label, member in zip(surrogate.labels, surrogate.members):
+        if member.weight == 0:
+            notes.append(f"ensemble member {label!r} has weight 0 and is left out")
+            continue
+        if member.objective is None:
+            with surrogate.active(member.surrogate):
+                objective = member.surrogate.default_objective()
+        else:
+            objective = _as_objective(member.objective)
+        if not len(objective):
+            raise ValueError(f"ensemble member {label!r}: the objective has no loss terms")
+        notes += [f"{label}: {n}" for n in objective.notes]
+        if all(float(t.weight) == 0.0 for t in objective.terms):
+            notes.append(f"ensemble member {label!r}: every loss weight is 0, the member is left out")
+            continue
+        tgt = member.target if member.target is not None else target
+        try:
+            runs.append(_MemberRun(member.surrogate, objective, member.weight, label, tgt, b, (h, w), seed))
+        except ValueError as exc:
+            raise type(exc)(f"ensemble member {label!r} ({member.surrogate.family}): {exc}") from None
+    return runs, notes, surrogate
+
+
 def protect(
     image: Tensor,
     surrogate: Surrogate,
-    losses: Objective | LossTerm | Sequence[LossTerm],
+    losses: Objective | LossTerm | Sequence[LossTerm] | None = None,
     perturbation: DSPConfig | None = None,
     config: ProtectConfig | None = None,
     *,
@@ -323,8 +513,10 @@ def protect(
 
     Args:
         image: (B, 3, H, W) or (3, H, W) in [0, 1], any size; RGBA loses alpha, grey is repeated.
-        surrogate: an I2V surrogate adapter (weights are used, never changed).
-        losses: the objective: an :class:`Objective`, one term or a list of terms.
+        surrogate: an I2V surrogate adapter (weights are used, never changed), or an
+            :class:`~anti_i2v.surrogates.ensemble.Ensemble` of several (each member with its own objective and
+            weight; the weighted sum of their objectives is minimised, members run one after another).
+        losses: the objective: an :class:`Objective`, one term or a list of terms (None with an ensemble).
         perturbation: perturbation settings (space, budget, DCT block, channels, split, L* restore).
         config: loop settings (steps, step size, schedule, optimiser, seed).
         target: (1 or B, 3, h, w) unrelated target image for IRA / encoder terms; a fixed pattern if None.
@@ -347,128 +539,121 @@ def protect(
     """
     perturbation = perturbation or DSPConfig()
     config = config or ProtectConfig()
-    objective = _as_objective(losses)
-    if not len(objective):
-        raise ValueError("losses: the objective has no loss terms")
     x = check_image(image, "image")
     b, _, h, w = x.shape
-    shared_terms = [t for t in objective.terms if not t.request().own_latent]
-    own_terms = [t for t in objective.terms if t.request().own_latent]
-    req = Objective(tuple(shared_terms)).request()
-    req_own = Objective(tuple(own_terms)).request()
-    treq = objective.target_request()
-    for r in (req, req_own, treq):
-        surrogate.validate_request(r)
-    work = surrogate.working_size(h, w)
-    device = surrogate.device
+    runs, ens_notes, ens = _member_runs(surrogate, losses, x, target, config.seed)
+    active = ens.active if ens is not None else (lambda s: contextlib.nullcontext())
+    device = ens.device if ens is not None else surrogate.device
     start = time.perf_counter()
 
     x = x.detach().to(device=device, dtype=torch.float32).clone()
     m = dsp_mod.check_mask(mask, x)
-    t_img = None
-    if not treq.empty:
-        t = check_image(target, "target") if target is not None else default_target(*work)
-        if t.shape[0] not in (1, b):
-            raise ValueError(f"target batch ({t.shape[0]}) must be 1 or match the image batch ({b})")
-        t = resize_to(t.detach().to(device=device, dtype=torch.float32), work)
-        t_img = t.expand(b, -1, -1, -1).contiguous()
 
-    gen = torch.Generator(device="cpu").manual_seed(int(config.seed))
     params = dsp_mod.init_params(x, config=perturbation)
     tensors = params.tensors()
     for p in tensors:
         p.requires_grad_(True)
     adam = torch.optim.Adam(tensors, lr=config.step_at(0)) if config.optimizer == "adam" else None
-    names = objective.names()
     history: list[dict[str, float]] = []
     cancelled = False
-    model_dtype = _model_dtype(surrogate)
-    loss_scale: float | None = None
-    settings = {
-        "perturbation": perturbation.to_dict(),
-        "loop": asdict(config),
-        "losses": objective.describe(),
-        "surrogate": surrogate.describe(),
-        "image_size": [h, w],
-        "batch": b,
-        "working_size": list(work),
+    if ens is None:
+        (run,) = runs
+        settings = {
+            "perturbation": perturbation.to_dict(),
+            "loop": asdict(config),
+            "losses": run.objective.describe(),
+            "surrogate": surrogate.describe(),
+            "image_size": [h, w],
+            "batch": b,
+            "working_size": list(run.work),
+        }
+        inert = inert_reason(run.objective, config)
+        notes = list(run.objective.notes)
+    else:
+        settings = {
+            "perturbation": perturbation.to_dict(),
+            "loop": asdict(config),
+            "losses": {r.label: r.objective.describe() for r in runs},
+            "surrogate": ens.describe(),
+            "image_size": [h, w],
+            "batch": b,
+            "working_size": {r.label: list(r.work) for r in runs},
+        }
+        inert = "0 steps: nothing is optimised, the photo is returned unchanged" if config.steps == 0 else (
+            None if runs else "no ensemble member can move the image (weights or loss weights 0): the photo is "
+                              "returned unchanged")
+        notes = list(ens_notes)
+    settings.update({
         "budget_convention": "eps in 1/255 of the [0,1] pixel range (eps=8 equals 16/255 in [-1,1])",
         "noisy_latent": "one z_t per iteration from the clean photo's latent, shared by target and adversarial pass",
         "mask": None if mask is None else "given",
-    }
-    inert = inert_reason(objective, config)
-    settings["notes"] = list(objective.notes) + ([inert] if inert else [])
+    })
+    settings["notes"] = notes + ([inert] if inert else [])
     run_steps = 0 if inert else config.steps
-    if low_vram is None:
-        low_vram = getattr(surrogate, "low_vram", None)
-    lv_settings = (lowvram.LowVram() if low_vram is True else low_vram) or None
+    modules = ens.modules() if ens is not None else surrogate.modules()
+    lv_runs = []
+    for run in runs:
+        lv = low_vram if low_vram is not None else getattr(run.surrogate, "low_vram", None)
+        lv = lowvram.LowVram() if lv is True else (lv or None)
+        if lv is not None and ens is not None:  # members move between devices per turn: reduce, never offload
+            lv = replace(lv, offload_unused=False)
+        if lv is not None:
+            lv_runs.append((run, lv))
     settings["low_vram"] = None
 
     stack = contextlib.ExitStack()  # the low-VRAM settings, undone when the loop ends however it ends
     try:
-        if lv_settings is not None:
-            lv_plan = stack.enter_context(lowvram.applied(surrogate, objective, lv_settings))
-            settings["low_vram"] = lv_plan.describe()
-            settings["surrogate"] = surrogate.describe()
-            settings["notes"].append(lv_plan.note)
-        with stack, torch.inference_mode(False), torch.enable_grad(), frozen_models(surrogate.modules()):
-            clean_x0 = None
-            tgt_cond: Conditioning | None = None
-            with torch.no_grad():
-                if req.needs_denoiser:
-                    clean_cond = surrogate.encode_image(resize_to(x, work))
-                    clean_x0 = surrogate.clean_latent(clean_cond).detach()
-                    del clean_cond
-                if t_img is not None and cache_conditioning:
-                    tgt_cond = surrogate.encode_image(t_img, treq.vae_layers).detach()
+        plans = {}
+        for run, lv in lv_runs:
+            plans[run.label] = plan = stack.enter_context(lowvram.applied(run.surrogate, run.objective, lv))
+            settings["notes"].append(plan.note if run.label is None else f"{run.label}: {plan.note}")
+        if plans:  # the report states the frames and settings actually used
+            if ens is None:
+                settings["low_vram"] = plans[None].describe()
+                settings["surrogate"] = surrogate.describe()
+            else:
+                settings["low_vram"] = {label: plan.describe() for label, plan in plans.items()}
+                settings["surrogate"] = ens.describe()
+        with stack, torch.inference_mode(False), torch.enable_grad(), frozen_models(modules):
+            for run in runs:
+                with active(run.surrogate):
+                    run.prepare(x, cache_conditioning)
             it = 0
-            retries = 0
             while it < run_steps:
-                draw = surrogate.draw_noise(b, gen, size=work)
-                tgt_feats = None
-                if t_img is not None:
-                    with torch.no_grad():
-                        tgt_feats = surrogate.features(None if tgt_cond is not None else t_img, draw, treq,
-                                                       clean=clean_x0, cond=tgt_cond)
-                adv_full = dsp_mod.apply_dsp(x, params, perturbation, m)
-                adv_work = resize_to(adv_full, work)
-                if config.robust_jpeg:
-                    adv_work = _jpeg(adv_work, config.robust_jpeg)
-                all_vae = req.vae_layers | req_own.vae_layers
-                adv_cond = surrogate.encode_image(adv_work, all_vae)
-                adv_feats = surrogate.features(None, draw, req, clean=clean_x0, cond=adv_cond) if shared_terms else None
-                own_feats = surrogate.features(None, draw, req_own, cond=adv_cond) if own_terms else None
-                total, values = objective.evaluate(adv_feats, tgt_feats, own=own_feats)
-                if not torch.isfinite(total):
-                    raise FloatingPointError(
-                        f"the objective became {float(total)} at iteration {it + 1} with a {model_dtype} model; "
-                        "try float32 or bfloat16, or a smaller step_size"
-                    )
-                if loss_scale is None:
-                    loss_scale = _initial_scale([adv_feats, own_feats, tgt_feats], model_dtype)
-                if total.requires_grad:
-                    grads = torch.autograd.grad(total * loss_scale, tensors, allow_unused=True)
-                else:  # nothing the loss reads depends on the photo
-                    grads = (None,) * len(tensors)
-                del adv_feats, own_feats, tgt_feats, adv_full, adv_work, adv_cond
-                present = [g_ for g_ in grads if g_ is not None]
-                finite = all(bool(torch.isfinite(g_).all()) for g_ in present)
-                nonzero = any(bool((g_ != 0).any()) for g_ in present) if finite else False
-                if not (finite and nonzero):
-                    # half precision: back off on overflow, scale up on underflow, retry the iteration
-                    if model_dtype != torch.float32 and retries < 12:
-                        loss_scale = loss_scale / 16.0 if not finite else loss_scale * 256.0
-                        retries += 1
-                        del total, values, grads
-                        continue
-                    what = "not finite" if not finite else "zero"
-                    raise GradientVanished(
-                        f"every gradient of iteration {it + 1} was {what} with a {str(model_dtype).replace('torch.', '')} "
-                        f"model (loss scale {loss_scale:g}): the protection would do nothing. Load the model in "
-                        "bfloat16 or float32, or check that the chosen layers depend on the image"
-                    )
-                retries = 0
-                grads = [None if g_ is None else g_ / loss_scale for g_ in grads]
+                grads = None
+                total = 0.0
+                member_losses: dict[str, float] = {}
+                if ens is None or ens.sequential:
+                    for run in runs:
+                        with active(run.surrogate):
+                            r_total, values, r_grads = run.gradient(x, params, perturbation, m, config, tensors, it)
+                        if ens is not None and ens.balance:
+                            r_grads = _unit_peak(r_grads)
+                        grads = _weighted_sum(grads, r_grads, run.weight)
+                        total = total + run.weight * r_total
+                        row = run.record(it, r_total, values)
+                        member_losses[run.label] = row["loss"]
+                        del r_grads, values
+                else:  # all members' graphs at once, one backward (the reference variant)
+                    joint, pending = 0.0, []
+                    for run in runs:
+                        with active(run.surrogate):
+                            r_total, values = run.forward(x, params, perturbation, m, config, it)
+                        joint = joint + run.weight * r_total
+                        pending.append((run, r_total.detach(), values))
+                    scale = min(r.loss_scale for r in runs)  # one scale for the sum; no per-member retries here
+                    grads = (torch.autograd.grad(joint * scale, tensors, allow_unused=True) if torch.is_tensor(joint)
+                             and joint.requires_grad else (None,) * len(tensors))
+                    present = [g_ for g_ in grads if g_ is not None]
+                    if not (present and all(bool(torch.isfinite(g_).all()) for g_ in present)
+                            and any(bool((g_ != 0).any()) for g_ in present)):
+                        raise GradientVanished(f"every gradient of iteration {it + 1} of the ensemble was zero or "
+                                               f"not finite (all-at-once variant, loss scale {scale:g})")
+                    grads = [None if g_ is None else g_ / scale for g_ in grads]
+                    for run, r_total, values in pending:
+                        total = total + run.weight * r_total
+                        member_losses[run.label] = run.record(it, r_total, values)["loss"]
+                    del joint, pending
                 lr = config.step_at(it)
                 with torch.no_grad():
                     if adam is not None:
@@ -482,18 +667,22 @@ def protect(
                     else:
                         dsp_mod.step_params(params, grads, lr, perturbation, rule=config.optimizer)
                     dsp_mod.project_params(params, perturbation)
-                row = {"step": it + 1, "loss": float(total.detach())}
-                row.update({n: float(values[n].detach()) for n in names})
+                if ens is None:
+                    row = dict(runs[0].history[-1])
+                    terms = {n: row[n] for n in runs[0].names}
+                else:
+                    row = {"step": it + 1, "loss": float(total), **member_losses}
+                    terms = dict(member_losses)
                 history.append(row)
-                del total, values, grads
+                del total, grads
                 it += 1
                 if callback is not None:
-                    info = Progress(it, config.steps, row["loss"], {n: row[n] for n in names},
-                                    time.perf_counter() - start)
+                    info = Progress(it, config.steps, row["loss"], terms, time.perf_counter() - start)
                     if callback(info) is False:
                         cancelled = True
                         break
-            del clean_x0, tgt_cond
+            for run in runs:
+                run.release()
             with torch.no_grad():
                 protected = dsp_mod.apply_dsp(x, params.detached(), perturbation, m)
                 if perturbation.restore_luminance and perturbation.space != "rgb" and len(history):
@@ -504,11 +693,16 @@ def protect(
                     protected = dsp_mod.quantize_8bit(protected, x, perturbation.eps01)
     except BaseException:
         stack.close()
+        for run in runs:
+            run.release()
         params = tensors = adam = None  # noqa: F841 - drop references before freeing
         _free_memory(device)
         raise
 
-    settings["loss_scale"] = loss_scale
+    if ens is None:
+        settings["loss_scale"] = runs[0].loss_scale
+    else:
+        settings["loss_scale"] = {r.label: r.loss_scale for r in runs}
     protected = protected.detach().float().cpu()
     x_cpu = x.cpu()
     q = image_quality(protected, x_cpu)
@@ -524,6 +718,16 @@ def protect(
         seconds=time.perf_counter() - start,
         quality=q,
     )
+    if ens is not None:
+        result.members = [{
+            "label": r.label,
+            "family": r.surrogate.family,
+            "weight": r.weight,
+            "objective": r.objective.describe(),
+            "working_size": list(r.work),
+            "loss_scale": r.loss_scale,
+            "loss_history": r.history,
+        } for r in runs]
     del params, tensors, adam, x
     _free_memory(device)
     return result

@@ -3,7 +3,8 @@
 It re-exports ``io``, ``ui`` and ``ComfyExtension`` for the node modules and defines the pack's custom
 socket types (the node contract):
 
-* ``ANTI_I2V_SURROGATE`` - an :class:`anti_i2v.surrogates.base.Surrogate`;
+* ``ANTI_I2V_SURROGATE`` - an :class:`anti_i2v.surrogates.base.Surrogate`, or a :class:`nodes.types.EnsembleSpec`
+  from the Ensemble Surrogate node (accepted by the protect node only);
 * ``ANTI_I2V_DSP`` - an :class:`anti_i2v.dsp.DSPConfig`;
 * ``ANTI_I2V_LOSS`` - a :class:`nodes.types.LossChain` (objective + optional target image).
 """

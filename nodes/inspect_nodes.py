@@ -59,8 +59,7 @@ class LayerPCA(io.ComfyNode):
     @classmethod
     def execute(cls, surrogate, image, blocks: str, seed: int) -> io.NodeOutput:
         if not isinstance(surrogate, Surrogate):
-            raise ValueError(f"{NODE_ID}: 'surrogate' must come from the Load I2V Surrogate node, "
-                             f"got {type(surrogate).__name__}")
+            raise runtime.not_a_surrogate(NODE_ID, surrogate)
         with runtime.node_errors(NODE_ID), runtime.grad_enabled():
             indices = resolve_blocks(surrogate, blocks)
             photo = runtime.to_library_image(image, node=NODE_ID, arg="image")[:1]

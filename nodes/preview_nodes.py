@@ -71,8 +71,7 @@ class PreviewAttackVideo(io.ComfyNode):
     def execute(cls, surrogate, clean_image, protected_image, steps: int, seed: int,
                 frames: int) -> io.NodeOutput:
         if not isinstance(surrogate, Surrogate):
-            raise ValueError(f"{NODE_ID}: 'surrogate' must come from the Load I2V Surrogate node, "
-                             f"got {type(surrogate).__name__}")
+            raise runtime.not_a_surrogate(NODE_ID, surrogate)
         with runtime.node_errors(NODE_ID):
             if int(frames) < 0:
                 raise ValueError(f"frames must be >= 0 (0 keeps the surrogate's), got {frames}")

@@ -10,7 +10,7 @@ from anti_i2v.surrogates.base import Surrogate
 
 from . import runtime
 from .comfy import CATEGORY, DSPType, LossType, SurrogateType, io
-from .types import LossChain
+from .types import EnsembleSpec, LossChain
 
 __all__ = ["ProtectLoop"]
 
@@ -18,9 +18,9 @@ NODE_ID = "AntiI2V_ProtectLoop"
 
 
 def _check_sockets(surrogate, perturbation, losses) -> None:
-    if not isinstance(surrogate, Surrogate):
-        raise ValueError(f"{NODE_ID}: 'surrogate' must come from the Load I2V Surrogate node, "
-                         f"got {type(surrogate).__name__}")
+    if not isinstance(surrogate, (Surrogate, EnsembleSpec)):
+        raise ValueError(f"{NODE_ID}: 'surrogate' must come from the Load I2V Surrogate or Ensemble Surrogate "
+                         f"node, got {type(surrogate).__name__}")
     if not isinstance(perturbation, DSPConfig):
         raise ValueError(f"{NODE_ID}: 'perturbation' must come from the Dual-Space Perturbation node, "
                          f"got {type(perturbation).__name__}")
@@ -45,9 +45,11 @@ class ProtectLoop(io.ComfyNode):
             ),
             inputs=[
                 io.Image.Input("image", tooltip="Photo(s) to protect (any size; RGBA loses its alpha channel)."),
-                SurrogateType.Input("surrogate", tooltip="The I2V surrogate from Load I2V Surrogate."),
+                SurrogateType.Input("surrogate", tooltip="The I2V surrogate from Load I2V Surrogate, or several "
+                                                         "from Ensemble Surrogate."),
                 DSPType.Input("perturbation", tooltip="Perturbation settings from Dual-Space Perturbation."),
-                LossType.Input("losses", tooltip="The objective: a chain of IRA / IRC / Baseline loss nodes."),
+                LossType.Input("losses", tooltip="The objective: a chain of IRA / IRC / Baseline loss nodes (with an "
+                                                 "ensemble: for the members without losses of their own)."),
                 io.Int.Input("steps", default=200, min=0, max=10000,
                              tooltip="Iterations (paper: 200)."),
                 io.Float.Input("step_size", default=1.0, min=0.01, max=64.0, step=0.05,
@@ -108,8 +110,13 @@ class ProtectLoop(io.ComfyNode):
                         raise ValueError(f"mask is {m.shape[-2]}x{m.shape[-1]} but image is {x.shape[-2]}x"
                                          f"{x.shape[-1]}: the mask must have the image's size")
                 callback = runtime.progress_callback(node_id, config.steps)
+                model, objective = surrogate, losses.objective
+                if isinstance(surrogate, EnsembleSpec):
+                    from .ensemble_nodes import library_ensemble
+
+                    model, objective = library_ensemble(surrogate, losses, node=NODE_ID), None
                 with runtime.frames_for_run(surrogate, int(frames)), runtime.loaded_for_run(surrogate):
-                    result = protect(x, surrogate, losses.objective, perturbation, config, target=target,
+                    result = protect(x, model, objective, perturbation, config, target=target,
                                      mask=m, callback=callback)
         report = runtime.to_json(result.report())
         view = runtime.perturbation_view(result.perturbation, perturbation.eps01)

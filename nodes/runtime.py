@@ -35,6 +35,9 @@ __all__ = [
     "manage_surrogate",
     "loaded_for_run",
     "frames_for_run",
+    "member_loaded",
+    "unload_patchers",
+    "not_a_surrogate",
     "node_errors",
     "perturbation_view",
     "to_json",
@@ -184,9 +187,68 @@ def loaded_for_run(surrogate: Surrogate) -> Iterator[Surrogate]:
     mm.soft_empty_cache()
 
 
+def _patchers_of(surrogate: Surrogate) -> list:
+    """The ComfyUI ModelPatchers a surrogate runs on: the pack's own wrapper, or a native surrogate's (the user's)."""
+    patchers = list(getattr(surrogate, "comfy_patchers", None) or [])
+    own = getattr(surrogate, "_patchers", None)
+    if not patchers and callable(own):
+        patchers = list(own())
+    return patchers
+
+
+def unload_patchers(patchers: list) -> int:
+    """Ask ComfyUI's model management to unload exactly these patchers (moved to their offload device, as ComfyUI's
+    own ``free_memory`` does); returns how many were loaded."""
+    import comfy.model_management as mm
+
+    count = 0
+    for i in range(len(mm.current_loaded_models) - 1, -1, -1):
+        loaded = mm.current_loaded_models[i]
+        if any(loaded.model is p for p in patchers):
+            loaded.model_unload()
+            mm.current_loaded_models.pop(i)
+            count += 1
+    if count:
+        mm.soft_empty_cache()
+    return count
+
+
+@contextlib.contextmanager
+def member_loaded(surrogate: Surrogate, *, offload: bool = False) -> Iterator[Surrogate]:
+    """An ensemble member's turn (the ``activate`` hook of :class:`anti_i2v.surrogates.ensemble.Ensemble`).
+
+    Checks ComfyUI's interrupt flag (Cancel between two members), then asks ComfyUI to load this member's models
+    (``load_models_gpu``, which offloads other models, e.g. the other members', when the device lacks room for the
+    weights); a native surrogate loads its own models in each call. With ``offload`` the member's models are unloaded
+    again after its turn (also on error), so the device holds one member's weights at a time: ComfyUI's room check
+    counts weights, not the loop's activations, which can be tens of GB for a real I2V model.
+    """
+    import comfy.model_management as mm
+
+    mm.throw_exception_if_processing_interrupted()
+    patchers = list(getattr(surrogate, "comfy_patchers", None) or [])
+    if patchers:
+        mm.load_models_gpu(patchers, force_full_load=True)
+        if getattr(surrogate, "comfy_owned", False):
+            surrogate.to(patchers[0].load_device)
+    try:
+        yield surrogate
+    finally:
+        if offload:
+            unload_patchers(_patchers_of(surrogate))
+
+
 @contextlib.contextmanager
 def frames_for_run(surrogate: Surrogate, frames: int) -> Iterator[Surrogate]:
-    """Set ``surrogate.num_frames`` for the block when ``frames`` > 0 and restore it afterwards."""
+    """Set ``surrogate.num_frames`` for the block when ``frames`` > 0 and restore it afterwards (every member's,
+    for an ensemble)."""
+    members = getattr(surrogate, "surrogates", None)
+    if members is not None:
+        with contextlib.ExitStack() as stack:
+            for s in members:
+                stack.enter_context(frames_for_run(s, frames))
+            yield surrogate
+        return
     saved = surrogate.num_frames
     if frames and frames > 0:
         surrogate.num_frames = int(frames)
@@ -194,6 +256,14 @@ def frames_for_run(surrogate: Surrogate, frames: int) -> Iterator[Surrogate]:
         yield surrogate
     finally:
         surrogate.num_frames = saved
+
+
+def not_a_surrogate(node: str, obj) -> ValueError:
+    """The error of a node that takes one surrogate and got something else (an ensemble is named as such)."""
+    if type(obj).__name__ == "EnsembleSpec":
+        return ValueError(f"{node}: 'surrogate' takes one surrogate, not an Ensemble Surrogate: connect one of the "
+                          "ensemble's Load I2V Surrogate nodes here")
+    return ValueError(f"{node}: 'surrogate' must come from the Load I2V Surrogate node, got {type(obj).__name__}")
 
 
 @contextlib.contextmanager

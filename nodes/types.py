@@ -8,7 +8,7 @@ import torch
 
 from anti_i2v.losses import LossTerm, Objective
 
-__all__ = ["LossChain"]
+__all__ = ["LossChain", "EnsembleSpec"]
 
 
 @dataclass(frozen=True)
@@ -32,3 +32,25 @@ class LossChain:
     def start(term: LossTerm, target: torch.Tensor | None = None) -> "LossChain":
         """A chain holding only ``term``."""
         return LossChain(Objective((term,)), target)
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """What the Ensemble Surrogate node puts in an ``ANTI_I2V_SURROGATE`` socket: its members, in order.
+
+    Attributes:
+        members: ``(surrogate, weight, loss chain or None)`` per connected member; the protect node turns them into
+            an :class:`anti_i2v.surrogates.ensemble.Ensemble` (a member without a chain takes the protect node's
+            losses).
+        balance: scale each member's gradient to a peak of 1 before the weighted sum.
+        offload: unload each member's models after its turn in every iteration (one member's weights on the device
+            at a time).
+    """
+
+    members: tuple
+    balance: bool = False
+    offload: bool = True
+
+    @property
+    def surrogates(self) -> list:
+        return [m[0] for m in self.members]
