@@ -7,6 +7,7 @@ the same command again (finished photos, those with both files, are skipped; a p
 was interrupted between the writes and is redone). The output folder must be writable (checked before any work);
 a photo whose files cannot be written is named and the run goes on with the others. Outputs are written with the
 usual permissions (0666 less the umask). Exit status: 0 all done, 1 some photos failed, 2 bad usage.
+With ``--ray`` the photos are spread over Ray workers (:mod:`anti_i2v.scale`), each calling :func:`protect_photo`.
 """
 
 from __future__ import annotations

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, metavar="N",
                    help="with --ray: number of workers, each loading the model once (default: one per GPU of the "
                         "cluster; 1 on a cluster without GPUs)")
+    g.add_argument("--cpus-per-worker", type=int, metavar="N",
+                   help="with --ray on CPU: cores (torch threads) per worker (default: the cluster's cores shared "
+                        "among the workers, at most one node's)")
     g.add_argument("--max-retries", type=int, default=2, metavar="N",
                    help="with --ray: times a photo is retried on another worker after its worker died (default 2)")
     g.add_argument("--manifest", metavar="PATH",
@@ -148,7 +151,7 @@ class _Slot:
     """A worker position: its current actor (replaced when it dies) and what it has done."""
 
     def __init__(self, wid: str):
-        self.wid, self.actor, self.info, self.state = wid, None, {}, "starting"
+        self.wid, self.actor, self.info, self.state, self.ready = wid, None, {}, "starting", None
         self.done = self.failed = self.deaths = 0
         self.seconds: list[float] = []
 
@@ -214,6 +217,8 @@ def run_on_ray(args, images: list[tuple[Path, Path]], out: Path, *,
     ray = _import_ray()
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.cpus_per_worker is not None and args.cpus_per_worker < 1:
+        raise UsageError(f"--cpus-per-worker must be at least 1, got {args.cpus_per_worker}")
     if args.max_retries < 0:
         raise UsageError(f"--max-retries must be 0 or more, got {args.max_retries}")
     if args.device.startswith("cuda:"):
@@ -260,7 +265,13 @@ def _schedule(ray, args, photos, originals, out, manifest_path, on_dispatch, ato
         raise UsageError(f"--workers {n}: the cluster has {gpus} GPU(s), one worker per GPU")
     if not use_gpu and n > cpus:
         raise UsageError(f"--workers {n}: the cluster has {cpus} CPU(s), one worker needs at least one")
-    opts = {"num_gpus": 1, "num_cpus": 1} if use_gpu else {"num_gpus": 0, "num_cpus": max(1, cpus // n)}
+    # CPU workers share the cores, but one worker must fit on one node
+    node_cpus = max([int(nd.get("Resources", {}).get("CPU", 0)) for nd in ray.nodes() if nd.get("Alive")] or [1])
+    per = args.cpus_per_worker or max(1, min(cpus // n, node_cpus))
+    if not use_gpu and (per > node_cpus or per * n > cpus):
+        raise UsageError(f"--workers {n} x --cpus-per-worker {per}: the cluster has {cpus} CPU(s), "
+                         f"at most {node_cpus} on one node")
+    opts = {"num_gpus": 1, "num_cpus": 1} if use_gpu else {"num_gpus": 0, "num_cpus": per}
     Actor = ray.remote(max_restarts=0, max_task_retries=0, **opts)(ProtectWorker)
     if args.demo:
         print(DEMO_BANNER, file=sys.stderr)
@@ -293,7 +304,8 @@ def _schedule(ray, args, photos, originals, out, manifest_path, on_dispatch, ato
         counter["done" if status == "done" else "failed"] += 1
 
     def manifest(final: bool) -> None:
-        counts = {s: sum(p.record["status"] == s for p in photos) for s in ("done", "skipped", "failed", "pending")}
+        counts = {s: sum(p.record["status"] == s for p in photos)
+                  for s in ("done", "skipped", "failed", "pending", "running")}
         data = {
             "format": "anti-i2v-manifest/1",
             "finished": final,
@@ -303,8 +315,9 @@ def _schedule(ray, args, photos, originals, out, manifest_path, on_dispatch, ato
             "ray": args.ray,
             "settings": _settings(args),
             "counts": counts,
-            "workers": [{"id": s.wid, "state": s.state, **{k: s.info.get(k) for k in ("node", "host", "pid", "gpus", "threads")},
-                         "done": s.done, "failed": s.failed, "deaths": s.deaths} for s in slots],
+            "workers": [{"id": s.wid, "state": s.state,
+                         **{k: s.info.get(k) for k in ("node", "host", "pid", "gpus", "threads")},
+                         "ready": s.ready, "done": s.done, "failed": s.failed, "deaths": s.deaths} for s in slots],
             "photos": [p.record for p in photos],
         }
         text = json.dumps(data, indent=1)
@@ -375,7 +388,7 @@ def _schedule(ray, args, photos, originals, out, manifest_path, on_dispatch, ato
                               f"model: {slot.info['error']}", file=sys.stderr)
                         ray.kill(slot.actor)
                         continue
-                    slot.state = "ready"
+                    slot.state, slot.ready = "ready", round(time.time(), 3)
                     idle.append(slot)
                     continue
                 slot, ph = running.pop(ref)
@@ -441,8 +454,8 @@ def _schedule(ray, args, photos, originals, out, manifest_path, on_dispatch, ato
     finally:
         if bar is not None:
             bar.close()
-    for s in slots:
-        if s.actor is not None and s.state in ("ready", "busy"):
+    for s in slots:  # done: free the GPUs (a worker still starting, e.g. one that fits no node, goes too)
+        if s.actor is not None and s.state in ("ready", "busy", "starting"):
             try:
                 ray.kill(s.actor)
             except Exception:  # noqa: BLE001

@@ -80,20 +80,20 @@ def test_two_workers_one_killed_mid_photo_equal_the_single_process_run(cluster, 
     out = tmp_path / "out"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     args = build_parser().parse_args(["protect", str(folder), "--out", str(out), *STEPS, "--ray", "local",
-                                      "--workers", "2", "--test-step-delay", "0.5"])
+                                      "--workers", "2", "--test-step-delay", "0.4"])
     killed: list[int] = []
 
     def on_dispatch(name, worker):
-        if name == "p1" and not killed:  # 3 steps x 0.5 s: a kill 0.6 s after dispatch lands mid-photo
+        if name == "p1" and not killed:  # 3 steps x 0.4 s: a kill 0.5 s after dispatch lands mid-photo
             killed.append(worker["pid"])
-            threading.Timer(0.6, os.kill, (worker["pid"], signal.SIGKILL)).start()
+            threading.Timer(0.5, os.kill, (worker["pid"], signal.SIGKILL)).start()
 
     assert run_on_ray(args, _collect(args.paths, False), out, on_dispatch=on_dispatch) == 1  # the bad photo
     err = capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # originals untouched
     _check_outputs(out, reference, folder)
     m = _manifest(out)
-    assert m["finished"] and m["counts"] == {"done": 4, "skipped": 0, "failed": 1, "pending": 0}
+    assert m["finished"] and m["counts"] == {"done": 4, "skipped": 0, "failed": 1, "pending": 0, "running": 0}
     by = {p["name"]: p for p in m["photos"]}
     assert by["p1"]["status"] == "done" and by["p1"]["attempts"] == 2 and by["p1"]["pid"] != killed[0]
     for n in GOOD:
@@ -141,6 +141,9 @@ def test_usage_errors(cluster, folder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     assert main(["protect", str(folder), "--out", str(out), *STEPS, "--ray", "local", "--workers", "3"]) == 2
     assert "--workers 3: the cluster has 2 CPU(s)" in capsys.readouterr().err
+    assert main(["protect", str(folder), "--out", str(out), *STEPS, "--ray", "local", "--workers", "2",
+                 "--cpus-per-worker", "2"]) == 2
+    assert "--workers 2 x --cpus-per-worker 2: the cluster has 2 CPU(s)" in capsys.readouterr().err
     assert main(["protect", str(folder), "--out", str(out), *STEPS, "--ray", "local", "--device", "cuda:1"]) == 2
     assert "each worker gets its own GPU" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
