@@ -395,6 +395,9 @@ def protect_photo(job: Job, path: Path, rel: Path, out: Path, originals: set, *,
 
 
 def cmd_protect(args) -> int:
+    from .scale import check_arguments
+
+    check_arguments(args)
     out = _check_args(args)
     images = _collect(args.paths, args.recursive)
     _configs(args)  # bad settings are usage errors before anything is loaded

@@ -30,7 +30,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["add_arguments", "run_on_ray", "ProtectWorker", "MANIFEST_NAME"]
+__all__ = ["add_arguments", "check_arguments", "run_on_ray", "ProtectWorker", "MANIFEST_NAME"]
 
 MANIFEST_NAME = "manifest.json"
 INSTALL_HINT = "pip install 'comfyui-anti-i2v[ray]'"
@@ -55,6 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="with --ray: where the JSON manifest of every photo goes (default: <out>/manifest.json)")
     # test-only: every iteration waits this long (lets a test kill a worker mid-photo); changes no number
     g.add_argument("--test-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+
+
+def check_arguments(args) -> None:
+    """UsageError when a scale-out option is given without ``--ray`` (it would be silently ignored)."""
+    from .cli import UsageError
+
+    if getattr(args, "ray", None):
+        return
+    for opt, given in (("--workers", args.workers is not None), ("--cpus-per-worker", args.cpus_per_worker is not None),
+                       ("--manifest", args.manifest is not None), ("--max-retries", args.max_retries != 2)):
+        if given:
+            raise UsageError(f"{opt} needs --ray (local or a cluster address)")
 
 
 def _import_ray():

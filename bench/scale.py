@@ -73,6 +73,9 @@ def _one_run(src: Path, out: Path, workers: int, a) -> dict:
         "startup_s": round(t0 - m["started"], 2),
         "wall_s": round(wall, 2),
         "median_s_per_photo": round(statistics.median(p["seconds"] for p in done), 3),
+        # the driver's cost per photo: dispatch to result, less the worker's own time for the photo
+        "overhead_ms_median": round(1000 * statistics.median(p["finished"] - p["started"] - p["seconds"]
+                                                              for p in done), 1),
         "per_worker": {w["id"]: w["done"] for w in m["workers"]},
     }
 
@@ -121,6 +124,7 @@ def main() -> None:
         "photos_per_min_median": {str(c): round(v, 2) for c, v in med.items()},
         "ratio_to_first": {str(c): round(med[c] / med[counts[0]], 3) for c in counts},
         "startup_s_median": {str(c): statistics.median(x["startup_s"] for x in runs[c]) for c in counts},
+        "overhead_ms_median": {str(c): statistics.median(x["overhead_ms_median"] for x in runs[c]) for c in counts},
         "runs": {str(c): runs[c] for c in counts},
     }
     text = json.dumps(result, indent=2)

@@ -146,6 +146,8 @@ def test_usage_errors(cluster, folder, tmp_path, capsys, monkeypatch):
     assert "--workers 2 x --cpus-per-worker 2: the cluster has 2 CPU(s)" in capsys.readouterr().err
     assert main(["protect", str(folder), "--out", str(out), *STEPS, "--ray", "local", "--device", "cuda:1"]) == 2
     assert "each worker gets its own GPU" in capsys.readouterr().err
+    assert main(["protect", str(folder), "--out", str(out), *STEPS, "--workers", "2"]) == 2
+    assert "--workers needs --ray" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     assert main(["protect", str(folder), "--out", str(out), *STEPS, "--ray", "local"]) == 2
     assert "pip install 'comfyui-anti-i2v[ray]'" in capsys.readouterr().err
