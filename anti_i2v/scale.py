@@ -354,6 +354,7 @@ def _schedule(ray, args, photos, originals, out, manifest_path, on_dispatch, ato
             bar.update(1)
 
     last_write = 0.0
+    waited_note = False
     for s in slots:
         if todo:
             start(s)
@@ -378,6 +379,10 @@ def _schedule(ray, args, photos, originals, out, manifest_path, on_dispatch, ato
             if not running and not starting:
                 break  # photos left but no worker: named below
             ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=1.0)
+            if not ready and not running and not waited_note and time.time() - t_start > 120:
+                waited_note = True  # e.g. every GPU is held by another job: Ray queues the workers
+                print(f"anti-i2v: note: no worker has started after 2 minutes; each needs {opts} and the cluster "
+                      f"has {ray.available_resources()} free. Still waiting (Ctrl-C stops)", file=sys.stderr)
             for ref in ready:
                 if ref in starting:
                     slot = starting.pop(ref)

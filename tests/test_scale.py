@@ -111,7 +111,7 @@ def test_two_workers_one_killed_mid_photo_equal_the_single_process_run(cluster, 
 def test_rerun_after_the_driver_was_killed_resumes(cluster, folder, reference, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "anti_i2v", "protect", str(folder), "--out", str(out), *STEPS,
-           "--ray", cluster, "--workers", "2", "--test-step-delay", "0.4"]
+           "--ray", cluster, "--workers", "1", "--test-step-delay", "0.4"]  # one worker: one model load
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
