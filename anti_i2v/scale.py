@@ -459,6 +459,10 @@ def _schedule(ray, args, photos, originals, out, manifest_path, on_dispatch, ato
                     ray.kill(s.actor)
                 except Exception:  # noqa: BLE001
                     pass
+        # once the killed workers are gone, remove what they were writing (a second Ctrl-C skips the wait)
+        if running:
+            ray.wait(list(running), num_returns=len(running), timeout=10.0)
+            _clean_partials(out, [ph.rel for _, ph in running.values()])
         for ph in photos:
             if ph.record["status"] == "running":
                 ph.record["status"] = "pending"

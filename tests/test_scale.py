@@ -137,6 +137,31 @@ def test_rerun_after_the_driver_was_killed_resumes(cluster, folder, reference, t
     assert m["counts"]["done"] + m["counts"]["skipped"] == 4
 
 
+def test_ctrl_c_on_the_driver_stops_the_workers_and_writes_the_manifest(cluster, folder, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "anti_i2v", "protect", str(folder), "--out", str(out), *STEPS,
+           "--ray", cluster, "--workers", "1", "--test-step-delay", "0.4"]
+    # SIGINT handled as Ctrl-C even when the test runner itself was started with SIGINT ignored (a background job)
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("*.report.json")):
+            assert driver.poll() is None, driver.stderr.read()
+            assert time.monotonic() < deadline, "the driver wrote no output in 240 s"
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)
+        err = driver.communicate(timeout=120)[1]
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, err
+    assert "interrupted:" in err and "run the same command again to resume" in err and "Traceback" not in err
+    m = _manifest(out)
+    assert not m["finished"] and m["counts"]["running"] == 0 and m["counts"]["pending"] >= 1
+    assert m["counts"]["done"] >= 1 and m["workers"][0]["pid"]
+    assert not list(out.glob(".*.partial"))
+
+
 def test_usage_errors(cluster, folder, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     assert main(["protect", str(folder), "--out", str(out), *STEPS, "--ray", "local", "--workers", "3"]) == 2
