@@ -7,6 +7,7 @@ the same command again (finished photos, those with both files, are skipped; a p
 was interrupted between the writes and is redone). The output folder must be writable (checked before any work);
 a photo whose files cannot be written is named and the run goes on with the others. Outputs are written with the
 usual permissions (0666 less the umask). Exit status: 0 all done, 1 some photos failed, 2 bad usage.
+With ``--ray`` the photos are spread over Ray workers (:mod:`anti_i2v.scale`), each calling :func:`protect_photo`.
 
 ``anti-i2v convert-dynamicrafter model.ckpt OUT_DIR`` converts DynamiCrafter's Lightning checkpoint (read with
 ``torch.load(weights_only=True)``) into the safetensors folder that ``--surrogate dynamicrafter --model OUT_DIR``
@@ -24,9 +25,10 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "IMAGE_EXTENSIONS"]
+__all__ = ["main", "build_parser", "IMAGE_EXTENSIONS", "Job", "prepare_job", "protect_photo"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 OUTPUT_SUFFIX = ".protected.png"
@@ -44,7 +46,6 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     from .dsp import SPACES
-    from .surrogates import FAMILIES
 
     p = argparse.ArgumentParser(prog="anti-i2v", description="Protect photos against image-to-video models (Anti-I2V).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--recursive", action="store_true", help="also protect images in subfolders")
     pr.add_argument("--overwrite", action="store_true", help="redo photos whose outputs already exist")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    from .scale import add_arguments as add_scale_arguments
+
+    add_scale_arguments(pr)
     cv = sub.add_parser(
         "convert-dynamicrafter", help="convert DynamiCrafter's model.ckpt into a folder --model reads",
         description="Read DynamiCrafter's Lightning checkpoint with torch.load(weights_only=True) (never unpickling "
@@ -276,7 +280,7 @@ def _check_ensemble_args(args, count: int) -> tuple[float, ...]:
         raise UsageError(str(exc)) from None
 
 
-def _build_ensemble(args, surrogates):
+def _build_ensemble(args, surrogates, *, announce: bool = True):
     """An :class:`~anti_i2v.surrogates.ensemble.Ensemble` of the loaded surrogates: each member takes its family's
     default objective (or the chosen baseline) and its weight from ``--ensemble-weights``."""
     from .surrogates import SurrogateError
@@ -290,26 +294,32 @@ def _build_ensemble(args, surrogates):
             s.validate_request(objective.request())
         except (ValueError, SurrogateError) as exc:
             raise UsageError(f"{s.family}: {exc}") from None
-        for note in objective.notes:
-            print(f"anti-i2v: note: {s.family}: {note}", file=sys.stderr)
+        if announce:
+            for note in objective.notes:
+                print(f"anti-i2v: note: {s.family}: {note}", file=sys.stderr)
         members.append(Member(s, objective, w))
     return Ensemble(members, balance=args.ensemble_balance)
 
 
-def cmd_protect(args) -> int:
-    import torch
+@dataclass
+class Job:
+    """Everything one process needs to protect photos with one loaded surrogate (built by :func:`prepare_job`)."""
 
+    args: argparse.Namespace
+    surrogate: object
+    objective: object
+    dsp_cfg: object
+    loop_cfg: object
+    target: object
+    inert: str | None
+    steps: int
+
+
+def _configs(args):
+    """(DSPConfig, ProtectConfig, steps) from the preset and overrides; UsageError on a bad value. Loads nothing."""
     from .dsp import DSPConfig
-    from .protect import PRESETS, ProtectConfig, protect
-    from .surrogates import SurrogateError, load_surrogate, tiny_surrogate
+    from .protect import PRESETS, ProtectConfig
 
-    if args.demo == bool(args.model):
-        raise UsageError("give either --model DIR (real weights) or --demo (tiny random models)")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {args.out}: exists and is not a folder")
-    images = _collect(args.paths, args.recursive)
-    originals = {p.resolve() for p, _ in images}
     preset = dict(PRESETS[args.preset])
     eps = args.eps if args.eps is not None else preset["eps"]
     steps = args.steps if args.steps is not None else preset["steps"]
@@ -322,8 +332,30 @@ def cmd_protect(args) -> int:
         loop_cfg = ProtectConfig(steps=steps, step_size=step_size, seed=args.seed, robust_jpeg=jpeg_q)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    return dsp_cfg, loop_cfg, steps
+
+
+def _check_args(args) -> Path:
+    """Checks that need no model: the model/demo choice and --out. Returns --out as a Path."""
+    if args.demo == bool(args.model):
+        raise UsageError("give either --model DIR (real weights) or --demo (tiny random models)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a folder")
+    return out
+
+
+def prepare_job(args, *, announce: bool = True) -> Job:
+    """Load the surrogate, build the objective and read the target once (per process: the CLI or a Ray worker).
+
+    ``announce`` prints the demo banner and the objective's notes to stderr. UsageError on a bad model or objective.
+    """
+    import torch
+
+    from .surrogates import SurrogateError, load_surrogate, tiny_surrogate
+
+    dsp_cfg, loop_cfg, steps = _configs(args)
     device = _resolve_device(args.device)
-    _check_writable(out, args.out)  # before loading models or optimising anything
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     dtype = getattr(torch, dtype_name)
     kw = {}
@@ -339,7 +371,8 @@ def cmd_protect(args) -> int:
     if count > 1 or args.ensemble_weights or args.ensemble_balance:
         _check_ensemble_args(args, count)  # before any model is loaded
     if args.demo:
-        print(DEMO_BANNER, file=sys.stderr)
+        if announce:
+            print(DEMO_BANNER, file=sys.stderr)
         surrogates = [tiny_surrogate(f, seed=0, **kw).to(device) for f in (families or ["cogvideox"])]
     else:
         from .surrogates.detect import detect_family
@@ -363,7 +396,7 @@ def cmd_protect(args) -> int:
             s_.low_vram = LowVram(frames=args.frames)
     ensemble = None
     if len(surrogates) > 1 or args.ensemble_weights or args.ensemble_balance:
-        ensemble = _build_ensemble(args, surrogates)
+        ensemble = _build_ensemble(args, surrogates, announce=announce)
         objective = None
     else:
         (surrogate,) = surrogates
@@ -372,20 +405,131 @@ def cmd_protect(args) -> int:
             surrogate.validate_request(objective.request())
         except (ValueError, SurrogateError) as exc:
             raise UsageError(str(exc)) from None
-        for note in objective.notes:
-            print(f"anti-i2v: note: {note}", file=sys.stderr)
     from .protect import inert_reason
 
-    inert = inert_reason(objective, loop_cfg) if ensemble is None else inert_reason(ensemble.members[0].objective,
-                                                                                     loop_cfg)
-    if inert:
-        print(f"anti-i2v: note: {inert}", file=sys.stderr)
+    inert = inert_reason(objective if ensemble is None else ensemble.members[0].objective, loop_cfg)
+    if announce:
+        for note in (objective.notes if objective is not None else ()):
+            print(f"anti-i2v: note: {note}", file=sys.stderr)
+        if inert:
+            print(f"anti-i2v: note: {inert}", file=sys.stderr)
     target = None
     if args.target:
         try:
             target, _ = load_image(Path(args.target))
         except ValueError as exc:
             raise UsageError(f"--target: {exc}") from None
+    return Job(args, ensemble or surrogate, objective, dsp_cfg, loop_cfg, target, inert, steps)
+
+
+def output_paths(out: Path, rel: Path) -> tuple[Path, Path]:
+    """The protected PNG and the report of the photo whose relative name (no suffix) is ``rel``."""
+    return out / rel.with_name(rel.name + OUTPUT_SUFFIX), out / rel.with_name(rel.name + REPORT_SUFFIX)
+
+
+def is_complete(out: Path, rel: Path) -> bool:
+    """Both output files of the photo exist (a finished photo: a rerun skips it)."""
+    png, rep = output_paths(out, rel)
+    return png.exists() and rep.exists()
+
+
+def protect_photo(job: Job, path: Path, rel: Path, out: Path, originals: set, *, show: bool = False) -> dict:
+    """Protect one photo and write its two outputs atomically: the per-photo step of every run (in-process or Ray).
+
+    Returns a record ``{"input", "output", "status", "reason", "seconds", "figures"}`` with status ``done``,
+    ``skipped`` (complete from an earlier run, unless ``--overwrite``) or ``failed`` (``reason`` says why: bad
+    image, an output that would overwrite an input, a write error). The seed is the run's seed for every photo,
+    so a photo's output does not depend on which process protects it or what it protected before.
+    KeyboardInterrupt propagates.
+    """
+    import torch
+
+    from .protect import protect
+    from .surrogates import SurrogateError
+
+    args = job.args
+    png, rep = output_paths(out, rel)
+    record = {"input": str(path), "output": str(png), "status": "failed", "reason": None, "seconds": 0.0,
+              "figures": None}
+    if png.resolve() in originals or rep.resolve() in originals:
+        record["reason"] = "its output would overwrite an input file; choose another --out"
+        return record
+    if not args.overwrite and png.exists() and rep.exists():
+        record["status"] = "skipped"  # finished in an earlier run: resume
+        return record
+    if not args.overwrite and (png.exists() or rep.exists()):
+        orphan = png if png.exists() else rep
+        print(f"anti-i2v: note: {path}: redoing it ({orphan} exists without its pair: "
+              "an earlier run stopped between the two writes)", file=sys.stderr)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        tqdm, show = None, False
+    t0 = time.perf_counter()
+    try:
+        image, notes = load_image(path)
+        bar = tqdm(total=job.steps, desc=path.name[:30], unit="it", leave=False, disable=not show, position=1) \
+            if tqdm is not None else None
+
+        def cb(p, bar=bar):
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{p.loss:.4g}")
+
+        result = protect(image, job.surrogate, job.objective, job.dsp_cfg, job.loop_cfg, target=job.target,
+                         callback=cb)
+        if bar is not None:
+            bar.close()
+        q8 = _to_uint8(result.protected)
+        from PIL import Image
+
+        from .metrics import image_quality
+
+        protected8 = torch.from_numpy(q8).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+        figures = image_quality(protected8, image)
+        report = result.report()
+        report.update({
+            "input": str(path),
+            "output": str(png),
+            "demo": bool(args.demo),
+            "preset": args.preset,
+            "method": args.method,
+            "notes": notes + ([job.inert] if job.inert else []),
+            "seconds_total": round(time.perf_counter() - t0, 3),
+            "saved_png": figures,  # figures of the 8-bit PNG actually written
+            "complete": True,
+        })
+        writing = png
+        try:
+            _atomic_write(png, lambda t: Image.fromarray(q8).save(t, format="PNG"))
+            writing = rep
+            _atomic_write(rep, lambda t: t.write_text(json.dumps(report, indent=2)))
+        except OSError as exc:  # e.g. a subfolder that cannot be created: name the photo, go on with the others
+            record["reason"] = f"cannot write {writing} ({exc.strerror or exc})"
+            return record
+        record.update(status="done", figures={k: v[0] for k, v in figures.items()})
+    except (ValueError, SurrogateError) as exc:
+        record["reason"] = str(exc)
+    finally:
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+    return record
+
+
+def cmd_protect(args) -> int:
+    from .scale import check_arguments
+
+    check_arguments(args)
+    out = _check_args(args)
+    images = _collect(args.paths, args.recursive)
+    _configs(args)  # bad settings are usage errors before anything is loaded
+    _resolve_device(args.device)
+    _check_writable(out, args.out)  # before loading models or optimising anything
+    if getattr(args, "ray", None):
+        from .scale import run_on_ray
+
+        return run_on_ray(args, images, out)
+    originals = {p.resolve() for p, _ in images}
+    job = prepare_job(args)
 
     try:
         from tqdm.auto import tqdm
@@ -396,63 +540,18 @@ def cmd_protect(args) -> int:
     failed: list[str] = []
     outer = tqdm(images, desc="photos", unit="photo", disable=not show, position=0)
     for path, rel in outer:
-        png = out / rel.with_name(rel.name + OUTPUT_SUFFIX)
-        rep = out / rel.with_name(rel.name + REPORT_SUFFIX)
-        if png.resolve() in originals or rep.resolve() in originals:
-            failed.append(f"{path}: its output would overwrite an input file; choose another --out")
-            continue
-        if not args.overwrite and png.exists() and rep.exists():
-            skipped += 1  # finished in an earlier run: resume
-            continue
-        if not args.overwrite and (png.exists() or rep.exists()):
-            orphan = png if png.exists() else rep
-            print(f"anti-i2v: note: {path}: redoing it ({orphan} exists without its pair: "
-                  "an earlier run stopped between the two writes)", file=sys.stderr)
         try:
-            image, notes = load_image(path)
-            bar = tqdm(total=steps, desc=path.name[:30], unit="it", leave=False, disable=not show, position=1)
-
-            def cb(p, bar=bar):
-                bar.update(1)
-                bar.set_postfix(loss=f"{p.loss:.4g}")
-
-            t0 = time.perf_counter()
-            result = protect(image, ensemble or surrogate, objective, dsp_cfg, loop_cfg, target=target, callback=cb)
-            bar.close()
-            q8 = _to_uint8(result.protected)
-            from PIL import Image
-
-            from .metrics import image_quality
-
-            protected8 = torch.from_numpy(q8).permute(2, 0, 1).unsqueeze(0).float() / 255.0
-            figures = image_quality(protected8, image)
-            report = result.report()
-            report.update({
-                "input": str(path),
-                "output": str(png),
-                "demo": bool(args.demo),
-                "preset": args.preset,
-                "method": args.method,
-                "notes": notes + ([inert] if inert else []),
-                "seconds_total": round(time.perf_counter() - t0, 3),
-                "saved_png": figures,  # figures of the 8-bit PNG actually written
-                "complete": True,
-            })
-            writing = png
-            try:
-                _atomic_write(png, lambda t: Image.fromarray(q8).save(t, format="PNG"))
-                writing = rep
-                _atomic_write(rep, lambda t: t.write_text(json.dumps(report, indent=2)))
-            except OSError as exc:  # e.g. a subfolder that cannot be created: name the photo, go on with the others
-                failed.append(f"{path}: cannot write {writing} ({exc.strerror or exc})")
-                continue
-            done += 1
-            outer.set_postfix(psnr=f"{figures['psnr_db'][0]:.1f}dB")
-        except (ValueError, SurrogateError) as exc:
-            failed.append(f"{path}: {exc}")
+            rec = protect_photo(job, path, rel, out, originals, show=show)
         except KeyboardInterrupt:
             print(f"\ninterrupted: {done} protected this run; run the same command again to resume", file=sys.stderr)
             return 130
+        if rec["status"] == "skipped":
+            skipped += 1
+        elif rec["status"] == "failed":
+            failed.append(f"{path}: {rec['reason']}")
+        else:
+            done += 1
+            outer.set_postfix(psnr=f"{rec['figures']['psnr_db']:.1f}dB")
     outer.close()
     print(f"protected {done}, skipped {skipped} already done, failed {len(failed)} -> {out}", file=sys.stderr)
     for msg in failed:
