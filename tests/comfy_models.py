@@ -76,6 +76,7 @@ __all__ = [
     "SVD_FILE",
     "SVD_UNET_CONFIG",
     "ensure_comfy_path",
+    "load_native",
     "random_state_dict",
     "write_tiny_wan21_i2v",
     "write_tiny_wan_t2v",
@@ -100,6 +101,27 @@ def ensure_comfy_path() -> Path:
 
         comfy.cli_args.args.cpu = True  # as `main.py --cpu`: this test machine has no GPU
     return COMFY_DIR
+
+
+def load_native(name: str = "anti_i2v_nodes_native"):
+    """The ``nodes/native`` package loaded by path as ``name`` (independent of ``nodes/__init__.py``, which
+    needs ComfyUI's node API); its modules import each other relatively. ComfyUI goes on the path first."""
+    import importlib.util
+
+    ensure_comfy_path()
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = REPO_ROOT / "nodes" / "native"
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return mod
 
 
 def random_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
