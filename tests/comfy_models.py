@@ -87,6 +87,12 @@ __all__ = [
     "write_svd_checkpoint",
     "cached_svd_checkpoint",
     "install_svd_checkpoint",
+    "LTXV_FILE",
+    "LTXV_CONFIG",
+    "ltxv_checkpoint_state_dict",
+    "write_tiny_ltxv_checkpoint",
+    "load_checkpoint",
+    "load_vae",
 ]
 
 
@@ -411,3 +417,81 @@ def install_svd_checkpoint(models_dir: str | Path, *, seed: int = 0, name: str =
     except OSError:
         shutil.copyfile(src, dst)
     return dst
+
+
+# ---------------------------------------------------------------------------------------- LTX-Video
+LTXV_FILE = "ltx-video-2b-v0.9.5.safetensors"
+#: the ``config`` metadata of :func:`write_tiny_ltxv_checkpoint`, in the layout of the real LTX-Video files
+#: (``{"transformer": ..., "vae": ...}``; ``model_detection`` and ``comfy.sd.VAE`` read both from it). The VAE
+#: keeps the real compression (patch 4 x three 2x2x2 steps = 32 in space, 8 in time, 128 latent channels;
+#: ``Encoder`` fixes 128 base channels); one residual block on each side.
+LTXV_CONFIG = {
+    "transformer": {"num_attention_heads": 2, "attention_head_dim": 32, "num_layers": 2},
+    "vae": {
+        "_class_name": "CausalVideoAutoencoder", "dims": 3, "in_channels": 3, "out_channels": 3,
+        "latent_channels": 128, "patch_size": 4, "norm_layer": "pixel_norm", "latent_log_var": "uniform",
+        "use_quant_conv": False, "causal_decoder": False, "timestep_conditioning": False, "scaling_factor": 1.0,
+        "encoder_blocks": [["res_x", {"num_layers": 1}], ["compress_all", {}], ["compress_all", {}],
+                           ["compress_all", {}]],
+        # reversed by the decoder: up_blocks.0 is the residual block (comfy.sd.VAE detects LTXV by its key)
+        "decoder_blocks": [["compress_all", {"residual": True, "multiplier": 1}],
+                           ["compress_all", {"residual": True, "multiplier": 1}],
+                           ["compress_all", {"residual": True, "multiplier": 1}],
+                           ["res_x", {"num_layers": 1, "inject_noise": False}]],
+    },
+}
+
+
+def ltxv_checkpoint_state_dict(*, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights for ``comfy.ldm.lightricks.model.LTXVModel`` (inner width 64, two blocks, 4096-wide caption
+    projection as T5-XXL gives) under ``model.diffusion_model.`` and the tiny ``VideoVAE`` of :data:`LTXV_CONFIG`
+    under ``vae.``, as in a real LTX-Video checkpoint. Latent statistics: mean 0, std 1."""
+    ensure_comfy_path()
+    import comfy.ops
+    from comfy.ldm.lightricks.model import LTXVModel
+    from comfy.ldm.lightricks.vae.causal_video_autoencoder import VideoVAE
+
+    tcfg = LTXV_CONFIG["transformer"]
+    dit = LTXVModel(in_channels=128, cross_attention_dim=tcfg["num_attention_heads"] * tcfg["attention_head_dim"],
+                    attention_head_dim=tcfg["attention_head_dim"], num_attention_heads=tcfg["num_attention_heads"],
+                    caption_channels=4096, num_layers=tcfg["num_layers"], operations=comfy.ops.disable_weight_init)
+    vae = VideoVAE(config=LTXV_CONFIG["vae"])
+    sd = {f"model.diffusion_model.{k}": v for k, v in random_state_dict(dit, seed).items()}
+    vsd = random_state_dict(vae, seed + 1)
+    for k in vsd:
+        if k.startswith("per_channel_statistics.") and "mean" in k.split(".")[-1] and "std" not in k:
+            vsd[k] = torch.zeros_like(vsd[k])
+    sd.update({f"vae.{k}": v for k, v in vsd.items()})
+    return sd
+
+
+def write_tiny_ltxv_checkpoint(folder: str | Path, *, seed: int = 0, name: str = LTXV_FILE) -> Path:
+    """Write a tiny LTX-Video checkpoint (bf16, about 35 MB) that CheckpointLoaderSimple loads as ``LTXV``."""
+    from safetensors.torch import save_file
+
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in ltxv_checkpoint_state_dict(seed=seed).items()}
+    save_file(sd, str(path), metadata={"config": json.dumps(LTXV_CONFIG)})
+    return path
+
+
+def load_checkpoint(path: str | Path):
+    """``comfy.sd.load_checkpoint_guess_config`` as CheckpointLoaderSimple calls it, in inference mode:
+    ``(MODEL, CLIP or None, VAE)``."""
+    ensure_comfy_path()
+    import comfy.sd
+
+    with torch.inference_mode():
+        out = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
+    return out[:3]
+
+
+def load_vae(path: str | Path):
+    """``comfy.sd.VAE(sd=load_torch_file(path))`` as VAELoader calls it, in inference mode."""
+    ensure_comfy_path()
+    import comfy.sd
+    import comfy.utils
+
+    with torch.inference_mode():
+        return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))

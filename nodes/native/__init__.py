@@ -3,7 +3,8 @@
 * :mod:`.base` - the shared machinery (private shadows of the user's modules, binding through ComfyUI's model
   management, the noise and timestep protocol, differentiable CLIP-vision encode) and :func:`detect_native_family`;
 * :mod:`.wan21` - Wan 2.1 I2V / Wan 2.2 14B I2V (``WanImageToVideo``);
-* :mod:`.svd` - Stable Video Diffusion (``SVD_img2vid_Conditioning``).
+* :mod:`.svd` - Stable Video Diffusion (``SVD_img2vid_Conditioning``);
+* :mod:`.ltxv` - LTX-Video (``LTXVImgToVideo``: first latent frame replaced, per-token timestep).
 
 :func:`native_surrogate` (below) is the entry point of ``AntiI2V_LoadSurrogateI2V``. The package imports
 ComfyUI lazily and uses only relative imports between its own modules, so it can be loaded by path in tests.
@@ -18,6 +19,7 @@ import torch
 from anti_i2v.surrogates.base import Surrogate
 
 from .base import _DTYPES, NATIVE_FAMILIES, NativeSurrogate, _describe_model, detect_native_family
+from .ltxv import NativeLTXVSurrogate
 from .svd import NativeSVDSurrogate
 from .wan21 import NativeWan21Surrogate
 
@@ -26,6 +28,7 @@ __all__ = [
     "NativeSurrogate",
     "NativeWan21Surrogate",
     "NativeSVDSurrogate",
+    "NativeLTXVSurrogate",
     "detect_native_family",
     "native_surrogate",
 ]
@@ -37,24 +40,26 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
     """Build a surrogate from the user's ComfyUI models (the ``model`` input of AntiI2V_LoadSurrogateI2V).
 
     Args:
-        model: ComfyUI ``MODEL`` (Wan 2.1/2.2-14B I2V from UNETLoader, or SVD from ImageOnlyCheckpointLoader).
+        model: ComfyUI ``MODEL`` (Wan 2.1/2.2-14B I2V from UNETLoader, SVD from ImageOnlyCheckpointLoader,
+            LTX-Video from CheckpointLoaderSimple).
         vae: ComfyUI ``VAE`` of that model.
         clip_vision: ComfyUI ``CLIP_VISION`` (SVD: required; Wan 2.1: optional, adds the image tokens).
-        positive: ComfyUI ``CONDITIONING`` with the text embedding (Wan); zeros when None.
-        family: ``"auto"`` (detect), ``"wan21"`` or ``"svd"``; other values (e.g. ``"cogvideox"``) only load
+        positive: ComfyUI ``CONDITIONING`` with the text embedding (Wan, LTX-Video); zeros when None.
+        family: ``"auto"`` (detect) or one of :data:`NATIVE_FAMILIES`; other values (e.g. ``"cogvideox"``) only load
             from a diffusers folder and raise ValueError here.
-        frames: pixel frames of the attacked video (Wan: WanImageToVideo ``length``; SVD: ``video_frames``).
+        frames: pixel frames of the attacked video (Wan: WanImageToVideo ``length``; SVD: ``video_frames``;
+            LTX-Video: LTXVImgToVideo ``length``).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (validated; see :class:`NativeSurrogate`).
         size: optional fixed (height, width) working size.
 
     Returns:
-        A :class:`NativeWan21Surrogate` or :class:`NativeSVDSurrogate`.
+        A :class:`NativeWan21Surrogate`, :class:`NativeSVDSurrogate` or :class:`NativeLTXVSurrogate`.
 
     Raises:
         ValueError: the model is not a supported I2V model, the family does not match it, or an input is missing.
     """
     if model is None:
-        raise ValueError("model: connect a ComfyUI MODEL (Wan 2.1 I2V or SVD)")
+        raise ValueError("model: connect a ComfyUI MODEL (Wan 2.1 I2V, SVD or LTX-Video)")
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
@@ -72,4 +77,6 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
     common = dict(model=model, vae=vae, clip_vision=clip_vision, num_frames=int(frames), dtype=dtype, size=size)
     if detected == "wan21":
         return NativeWan21Surrogate(positive=positive, **common)
+    if detected == "ltxv":
+        return NativeLTXVSurrogate(positive=positive, **common)
     return NativeSVDSurrogate(**common)

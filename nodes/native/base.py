@@ -88,7 +88,7 @@ __all__ = [
 log = logging.getLogger("anti_i2v.native")
 
 #: families a native surrogate can be built for
-NATIVE_FAMILIES = ("wan21", "svd")
+NATIVE_FAMILIES = ("wan21", "svd", "ltxv")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -124,11 +124,17 @@ def _clip_layer_forward(self: nn.Module, x: Tensor, mask: Tensor | None = None, 
     return x + self.mlp(self.layer_norm2(x))
 
 
+#: out-of-place forwards for ComfyUI modules whose forward writes in place, by (module, class name); family
+#: modules add theirs at import (e.g. LTX-Video's transformer block)
+OUT_OF_PLACE: dict[tuple[str, str], Any] = {("comfy.clip_model", "CLIPLayer"): _clip_layer_forward}
+
+
 def _patch_in_place(shadow: nn.Module) -> None:
     """Give shadow modules whose ComfyUI forward writes in place an out-of-place forward (same values)."""
     cls = type(shadow)
-    if cls.__name__ == "CLIPLayer" and cls.__module__ == "comfy.clip_model":
-        shadow.__dict__["forward"] = _clip_layer_forward.__get__(shadow, cls)
+    fn = OUT_OF_PLACE.get((cls.__module__, cls.__name__))
+    if fn is not None:
+        shadow.__dict__["forward"] = fn.__get__(shadow, cls)
 
 
 class _Shadow:
@@ -241,17 +247,18 @@ def _describe_model(model: Any) -> str:
 
 
 def detect_native_family(model: Any) -> str:
-    """The family (``"wan21"`` or ``"svd"``) of a ComfyUI ``MODEL``, or ValueError naming what was connected.
+    """The family (``"wan21"``, ``"svd"`` or ``"ltxv"``) of a ComfyUI ``MODEL``, or ValueError naming what was connected.
 
     Wan: ``comfy.model_base.WAN21`` itself (not its VACE/camera/S2V/2.2-5B subclasses) whose patch embedding
     takes 36 channels (16 noise + 4 mask + 16 image latent), i.e. Wan 2.1 I2V (with CLIP image tokens) and
-    Wan 2.2 14B I2V. SVD: ``comfy.model_base.SVD_img2vid``.
+    Wan 2.2 14B I2V. SVD: ``comfy.model_base.SVD_img2vid``. LTX-Video: ``comfy.model_base.LTXV`` (every LTXV
+    model takes an image through ``LTXVImgToVideo``).
     """
     comfy = _comfy()
     inner = getattr(model, "model", None)
     mb = comfy.model_base
-    supported = ("Wan 2.1 I2V / Wan 2.2 14B I2V (WAN21 with 36 input channels, from UNETLoader) or SVD "
-                 "(SVD_img2vid, from ImageOnlyCheckpointLoader)")
+    supported = ("Wan 2.1 I2V / Wan 2.2 14B I2V (WAN21 with 36 input channels, from UNETLoader), SVD "
+                 "(SVD_img2vid, from ImageOnlyCheckpointLoader) or LTX-Video (LTXV, from CheckpointLoaderSimple)")
     if inner is None:
         raise ValueError(f"model: expected a ComfyUI MODEL, got {type(model).__name__}; supported: {supported}")
     if type(inner) is mb.WAN21:
@@ -266,8 +273,34 @@ def detect_native_family(model: Any) -> str:
         )
     if type(inner) is mb.SVD_img2vid:
         return "svd"
+    if type(inner) is mb.LTXV:
+        return "ltxv"
     raise ValueError(f"model: the connected model is {_describe_model(model)}, not an image-to-video model "
                      f"this pack supports natively; supported: {supported}")
+
+
+def _text_conditioning(positive: Any, width: int, model_name: str, encoder: str) -> tuple[Tensor, dict, str]:
+    """(embedding, extra keys, source) of a text ``CONDITIONING`` for a model whose context is ``width`` wide.
+
+    None gives one zero token (with identical tokens, cross-attention is the same for any token count) and no
+    extra keys. Otherwise the first entry's tensor (cloned out of inference mode) and its dict minus the image
+    conditioning keys of ComfyUI's I2V nodes.
+    """
+    if positive is None:
+        return torch.zeros(1, 1, width), {}, "zeros"
+    if not isinstance(positive, (list, tuple)) or not positive or not isinstance(positive[0][0], Tensor):
+        raise ValueError("positive: expected a ComfyUI CONDITIONING (a list of [tensor, dict])")
+    emb = positive[0][0]
+    if emb.shape[-1] != width:
+        raise ValueError(f"positive: the conditioning has width {emb.shape[-1]} but {model_name} expects {width} "
+                         f"({encoder}); connect the CLIPTextEncode output of that text encoder")
+    if len(positive) > 1:
+        log.warning("positive has %d entries; the surrogate uses the first", len(positive))
+    with torch.inference_mode(False):
+        cond = emb.detach().clone()
+    skip = ("concat_latent_image", "concat_mask", "clip_vision_output", "noise_mask", "guiding_frame_index",
+            "ref_latent")
+    return cond, {k: v for k, v in positive[0][1].items() if k not in skip}, "conditioning"
 
 
 def _ste_round(x: Tensor) -> Tensor:
@@ -491,11 +524,14 @@ class NativeSurrogate(Surrogate):
         to["sigmas"] = sigma
         return to
 
-    def _model_conds(self, cond: dict, noise: Tensor, batch: int) -> dict:
-        """``BaseModel.extra_conds`` + ``process_cond`` + concat, as comfy/samplers.py does for one cond."""
+    def _model_conds(self, cond: dict, noise: Tensor, batch: int, *, denoise_mask: Tensor | None = None) -> dict:
+        """``BaseModel.extra_conds`` + ``process_cond`` + concat, as comfy/samplers.py does for one cond.
+
+        ``denoise_mask``: the sampler's prepared noise mask (families whose model reads it, e.g. LTX-Video).
+        """
         params = dict(cond)
         params.update({"device": self.device, "noise": noise, "prompt_type": "positive", "seed": None,
-                       "denoise_mask": None, "latent_image": torch.zeros_like(noise)})
+                       "denoise_mask": denoise_mask, "latent_image": torch.zeros_like(noise)})
         if noise.ndim >= 4:
             params.setdefault("width", noise.shape[-1] * 8)
             params.setdefault("height", noise.shape[-2] * 8)
@@ -544,10 +580,11 @@ class NativeSurrogate(Surrogate):
         h, w = size or self.working_size(image.shape[-2], image.shape[-1])
         with torch.inference_mode():
             pixels = image.detach().float().cpu().movedim(1, -1)
-            positive, negative, latent, scheduler = self._sampling_inputs(pixels, h, w)
+            positive, negative, latent, scheduler, *mask = self._sampling_inputs(pixels, h, w)
             noise = comfy.sample.prepare_noise(latent, int(seed))
             samples = comfy.sample.sample(self.model, noise, int(num_inference_steps), 1.0, "euler", scheduler,
-                                          positive, negative, latent, seed=int(seed), disable_pbar=True)
+                                          positive, negative, latent, noise_mask=mask[0] if mask else None,
+                                          seed=int(seed), disable_pbar=True)
             frames = self.vae.decode(samples)
             frames = frames.reshape(-1, *frames.shape[-3:])
         return frames.movedim(-1, 1).float().cpu().clone()
