@@ -34,6 +34,8 @@ WAN_VAE = "wan_2.1_vae.safetensors"
 WAN_TEXT = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 SVD_CKPT = "svd.safetensors"
 COGVIDEOX_FOLDER = "CogVideoX-5b-I2V"
+LTXV_CKPT = "ltx-video-2b-v0.9.5.safetensors"
+LTXV_TEXT = "t5xxl_fp16.safetensors"
 
 #: placeholder model files (relative to models/) so the combo widgets list the names the presets use
 PLACEHOLDERS = [
@@ -41,6 +43,8 @@ PLACEHOLDERS = [
     f"vae/{WAN_VAE}",
     f"text_encoders/{WAN_TEXT}",
     f"checkpoints/{SVD_CKPT}",
+    f"checkpoints/{LTXV_CKPT}",
+    f"text_encoders/{LTXV_TEXT}",
     f"diffusers/{COGVIDEOX_FOLDER}/model_index.json",
 ]
 
@@ -193,6 +197,52 @@ def preset_svd() -> tuple[dict, dict, str]:
     return g, layout, note
 
 
+def preset_ltxv() -> tuple[dict, dict, str]:
+    sampler = {"steps": 30, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple"}
+    i2v = {"width": 768, "height": 512, "length": 97, "batch_size": 1, "strength": 1.0}
+    g = {
+        "1": _n("LoadImage", "Photo to protect", image="example.png"),
+        "2": _n("CheckpointLoaderSimple", ckpt_name=LTXV_CKPT),
+        "3": _n("CLIPLoader", clip_name=LTXV_TEXT, type="ltxv", device="default"),
+        "4": _n("CLIPTextEncode", "Positive prompt", clip=["3", 0],
+                text="a person looks at the camera and talks, natural head and hand motion"),
+        "5": _n("CLIPTextEncode", "Negative prompt", clip=["3", 0],
+                text="blurry, static, low quality, deformed, watermark, subtitles"),
+        "6": _n("LTXVConditioning", positive=["4", 0], negative=["5", 0], frame_rate=25.0),
+        "7": _n("AntiI2V_LoadSurrogateI2V", family="auto", folder="(none)", dtype="bfloat16", frames=9,
+                gradient_checkpointing=False, model=["2", 0], vae=["2", 2], positive=["6", 0]),
+        "8": _dsp(),
+        "9": _n("AntiI2V_IRALoss", blocks="18", vae_layers="9,10", weight=1.0),
+        "10": _n("AntiI2V_IRCLoss", pairs="2:18", weight=1.0, losses=["9", 0]),
+        "11": _loop(["1", 0], ["7", 0], ["8", 0], ["10", 0]),
+        "12": _n("SaveImage", "Save protected photo", images=["11", 0], filename_prefix="anti_i2v/protected"),
+        # protected photo -> LTX-Video
+        "13": _n("LTXVImgToVideo", "LTX-Video I2V (protected)", positive=["6", 0], negative=["6", 1], vae=["2", 2],
+                 image=["11", 0], **i2v),
+        **_video_branch("ltxv_protected", {"k": "14", "d": "15", "s": "16"}, model=["2", 0], cond="13",
+                        latent_of="13", vae=["2", 2], sampler=sampler, fps=25.0),
+        # clean photo -> LTX-Video (the comparison)
+        "17": _n("LTXVImgToVideo", "LTX-Video I2V (clean)", positive=["6", 0], negative=["6", 1], vae=["2", 2],
+                 image=["1", 0], **i2v),
+        **_video_branch("ltxv_clean", {"k": "18", "d": "19", "s": "20"}, model=["2", 0], cond="17",
+                        latent_of="17", vae=["2", 2], sampler=sampler, fps=25.0),
+    }
+    layout = {"2": (20, 80), "3": (20, 260), "4": (400, 460), "5": (400, 720), "6": (20, 400), "1": (20, 640),
+              "7": (400, 80), "8": (820, 80), "9": (820, 380), "10": (820, 620), "11": (1200, 80),
+              "12": (1620, 80), "13": (1620, 420), "14": (1960, 420), "15": (2320, 420), "16": (2560, 420),
+              "17": (1620, 1000), "18": (1960, 1000), "19": (2320, 1000), "20": (2560, 1000)}
+    note = (
+        "## Protect a photo against your LTX-Video model (Anti-I2V)\n\n"
+        "The surrogate is **your own** LTX-Video checkpoint (`ltx-video-2b-v0.9.5.safetensors` in "
+        "`models/checkpoints`, T5-XXL in `models/text_encoders`). Like **LTXVImgToVideo**, it writes the photo's "
+        "latent into the first latent frame and gives those tokens timestep 0. Blocks 2 / 18 of the 28 of LTX-Video "
+        "2B match the paper's 3 / 27 of 42; VAE layers 9,10 are the last two encoder layers of the 0.9.5 VAE "
+        "(use **Layer PCA Maps** to list and pick layers of other versions).\n\n"
+        "Bottom row: video from the **clean** photo; row above: from the **protected** photo."
+    )
+    return g, layout, note
+
+
 def preset_batch() -> tuple[dict, dict, str]:
     g = {
         "1": _n("LoadImage", "Photo 1", image="example.png"),
@@ -225,6 +275,7 @@ PRESETS = {
     "protect_cogvideox_preview": preset_cogvideox,
     "protect_wan21_native": preset_wan21,
     "protect_svd_native": preset_svd,
+    "protect_ltxv_native": preset_ltxv,
     "protect_batch": preset_batch,
 }
 
@@ -234,6 +285,8 @@ GROUPS = {
                              ("Clean photo -> Wan 2.1 video (comparison)", ["18", "19", "20", "21"], "#593930")],
     "protect_svd_native": [("Protected photo -> SVD video", ["10", "11", "12", "13"], "#3f5159"),
                            ("Clean photo -> SVD video (comparison)", ["14", "15", "16", "17"], "#593930")],
+    "protect_ltxv_native": [("Protected photo -> LTX-Video", ["13", "14", "15", "16"], "#3f5159"),
+                            ("Clean photo -> LTX-Video (comparison)", ["17", "18", "19", "20"], "#593930")],
 }
 
 _BUILD_JS = r"""
