@@ -81,6 +81,9 @@ __all__ = [
     "write_tiny_wan21_i2v",
     "write_tiny_wan_t2v",
     "write_tiny_wan_vae",
+    "WAN22_HIGH_FILE",
+    "WAN22_LOW_FILE",
+    "write_tiny_wan22_i2v",
     "tiny_clip_vision",
     "tiny_svd",
     "svd_checkpoint_state_dict",
@@ -177,6 +180,18 @@ def write_tiny_wan21_i2v(folder: str | Path, *, seed: int = 0, name: str = WAN_I
 def write_tiny_wan_t2v(folder: str | Path, *, seed: int = 0, name: str = WAN_T2V_FILE) -> Path:
     """Write a tiny Wan 2.1 text-to-video diffusion model (16 input channels) as ``folder/name``."""
     m = _wan_model("t2v", 16)
+    return _save(random_state_dict(m, seed), Path(folder) / name, torch.bfloat16)
+
+
+WAN22_HIGH_FILE = "wan2.2_i2v_high_noise_14B_fp16.safetensors"
+WAN22_LOW_FILE = "wan2.2_i2v_low_noise_14B_fp16.safetensors"
+
+
+def write_tiny_wan22_i2v(folder: str | Path, *, seed: int = 0, name: str = WAN22_HIGH_FILE) -> Path:
+    """Write a tiny Wan 2.2 A14B I2V expert: Wan 2.1 I2V's layout (36 input channels) without ``img_emb``, which
+    ComfyUI detects as a ``WAN21`` model; write one per expert (``WAN22_HIGH_FILE`` / ``WAN22_LOW_FILE``, other
+    seeds)."""
+    m = _wan_model("t2v", 36)
     return _save(random_state_dict(m, seed), Path(folder) / name, torch.bfloat16)
 
 

@@ -4,6 +4,7 @@
   management, the noise and timestep protocol, differentiable CLIP-vision encode) and :func:`detect_native_family`;
 * :mod:`.wan21` - Wan 2.1 I2V / Wan 2.2 14B I2V (``WanImageToVideo``);
 * :mod:`.svd` - Stable Video Diffusion (``SVD_img2vid_Conditioning``);
+* :mod:`.wan22` - Wan 2.2 A14B I2V, both experts (high and low noise) in one run;
 * :mod:`.ltxv` - LTX-Video (``LTXVImgToVideo``: first latent frame replaced, per-token timestep).
 
 :func:`native_surrogate` (below) is the entry point of ``AntiI2V_LoadSurrogateI2V``. The package imports
@@ -22,11 +23,13 @@ from .base import _DTYPES, NATIVE_FAMILIES, NativeSurrogate, _describe_model, de
 from .ltxv import NativeLTXVSurrogate
 from .svd import NativeSVDSurrogate
 from .wan21 import NativeWan21Surrogate
+from .wan22 import WAN22_I2V_BOUNDARY, NativeWan22MoESurrogate
 
 __all__ = [
     "NATIVE_FAMILIES",
     "NativeSurrogate",
     "NativeWan21Surrogate",
+    "NativeWan22MoESurrogate",
     "NativeSVDSurrogate",
     "NativeLTXVSurrogate",
     "detect_native_family",
@@ -36,7 +39,8 @@ __all__ = [
 
 def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive: Any = None,
                      family: str = "auto", frames: int = 9, dtype: str | torch.dtype = "bfloat16",
-                     size: tuple[int, int] | None = None) -> Surrogate:
+                     size: tuple[int, int] | None = None, model_2: Any = None,
+                     boundary: float = WAN22_I2V_BOUNDARY) -> Surrogate:
     """Build a surrogate from the user's ComfyUI models (the ``model`` input of AntiI2V_LoadSurrogateI2V).
 
     Args:
@@ -51,9 +55,13 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
             LTX-Video: LTXVImgToVideo ``length``).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (validated; see :class:`NativeSurrogate`).
         size: optional fixed (height, width) working size.
+        model_2: Wan 2.2 A14B I2V: the low-noise expert (``model`` is then the high-noise one); both are attacked
+            in one run (:class:`NativeWan22MoESurrogate`).
+        boundary: Wan 2.2 A14B: the flow sigma where the user's graph switches experts (default 0.9).
 
     Returns:
-        A :class:`NativeWan21Surrogate`, :class:`NativeSVDSurrogate` or :class:`NativeLTXVSurrogate`.
+        A :class:`NativeWan21Surrogate`, :class:`NativeWan22MoESurrogate`, :class:`NativeSVDSurrogate` or
+        :class:`NativeLTXVSurrogate`.
 
     Raises:
         ValueError: the model is not a supported I2V model, the family does not match it, or an input is missing.
@@ -67,6 +75,16 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
     if int(frames) != frames or frames < 1:
         raise ValueError(f"frames must be an integer >= 1, got {frames}")
     detected = detect_native_family(model)
+    if model_2 is not None:
+        if detected != "wan21":
+            raise ValueError(f"model_2: a second model is only used with Wan 2.2 A14B I2V (its low-noise expert); "
+                             f"the connected model is {_describe_model(model)} ({detected}): disconnect model_2")
+        if detect_native_family(model_2) != "wan21":
+            raise ValueError(f"model_2: expected the low-noise Wan 2.2 A14B I2V model, got {_describe_model(model_2)}")
+        detected = "wan22"
+    elif family == "wan22":
+        raise ValueError("family is 'wan22' (Wan 2.2 A14B I2V, two experts): connect the high-noise model to "
+                         "'model' and the low-noise model to 'model_2'")
     if family not in ("auto",) + NATIVE_FAMILIES:
         raise ValueError(f"family {family!r} cannot be built from a connected MODEL: native surrogates support "
                          f"{', '.join(NATIVE_FAMILIES)} (choose 'auto'); disconnect the model to load {family!r} "
@@ -75,6 +93,8 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
         raise ValueError(f"family is {family!r} but the connected model is {_describe_model(model)} ({detected}); "
                          f"choose 'auto' or {detected!r}")
     common = dict(model=model, vae=vae, clip_vision=clip_vision, num_frames=int(frames), dtype=dtype, size=size)
+    if detected == "wan22":
+        return NativeWan22MoESurrogate(positive=positive, model_low=model_2, boundary=boundary, **common)
     if detected == "wan21":
         return NativeWan21Surrogate(positive=positive, **common)
     if detected == "ltxv":

@@ -88,7 +88,7 @@ __all__ = [
 log = logging.getLogger("anti_i2v.native")
 
 #: families a native surrogate can be built for
-NATIVE_FAMILIES = ("wan21", "svd", "ltxv")
+NATIVE_FAMILIES = ("wan21", "wan22", "svd", "ltxv")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
