@@ -6,6 +6,9 @@
 * LTX-Video: CheckpointLoaderSimple loads a tiny ``ltx-video-2b-v0.9.5.safetensors`` in the real layout
   (``comfy_models.write_tiny_ltxv_checkpoint``); a zero T5 conditioning with its attention mask goes through the
   real LTXVConditioning and LTXVImgToVideo. A Wan text-to-video MODEL connected instead is refused by name.
+* Wan 2.2 A14B I2V: two UNETLoaders load tiny high- and low-noise experts under the real file names; the graph
+  chains them with two KSamplerAdvanced as ComfyUI's Wan 2.2 graphs do, and the surrogate gets both (``model``,
+  ``model_2``); sampling before and after is bit-identical for the two-expert chain.
 * SVD: ImageOnlyCheckpointLoader loads ``svd.safetensors``, a random-weight checkpoint that ComfyUI detects as
   ``SVD_img2vid`` with a ViT-H ``CLIP_VISION`` and the temporal SD VAE (``comfy_models.write_svd_checkpoint``).
 
@@ -353,3 +356,78 @@ def test_ltxv_surrogate_refuses_a_wrong_model(comfy_server):
     assert err["node_type"] == "AntiI2V_LoadSurrogateI2V", err
     msg = err["exception_message"]
     assert "16 input channels" in msg and "not image-to-video" in msg and "LTX-Video" in msg, msg
+
+
+# ---------------------------------------------------------------------------------------------- Wan 2.2 A14B
+def _wan22_models() -> dict:
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": cm.WAN22_HIGH_FILE, "weight_dtype": "default"}},
+        "19": {"class_type": "UNETLoader", "inputs": {"unet_name": cm.WAN22_LOW_FILE, "weight_dtype": "default"}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": cm.WAN_VAE_FILE}},
+        "3": {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 16}},
+    }
+
+
+def _wan22_video(prefix: str, image_ref: list, ids: tuple[str, ...]) -> dict:
+    """WanImageToVideo -> KSamplerAdvanced (high noise, steps 0-2) -> KSamplerAdvanced (low noise, 2-4) ->
+    VAEDecode -> lossless WebP + latent, as ComfyUI's Wan 2.2 14B I2V graphs chain the two experts."""
+    i2v, ks, dec, save, keep, ks2 = ids
+    common = {"noise_seed": 5, "steps": 4, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+              "positive": [i2v, 0], "negative": [i2v, 1]}
+    out = {
+        i2v: {"class_type": "WanImageToVideo", "inputs": {
+            "positive": ["3", 0], "negative": ["3", 0], "vae": ["2", 0], "width": SIZE, "height": SIZE,
+            "length": LENGTH, "batch_size": 1, "start_image": image_ref}},
+        ks: {"class_type": "KSamplerAdvanced", "inputs": {
+            **common, "model": ["1", 0], "add_noise": "enable", "latent_image": [i2v, 2], "start_at_step": 0,
+            "end_at_step": 2, "return_with_leftover_noise": "enable"}},
+        ks2: {"class_type": "KSamplerAdvanced", "inputs": {
+            **common, "model": ["19", 0], "add_noise": "disable", "latent_image": [ks, 0], "start_at_step": 2,
+            "end_at_step": 10000, "return_with_leftover_noise": "disable"}},
+        dec: {"class_type": "VAEDecode", "inputs": {"samples": [ks2, 0], "vae": ["2", 0]}},
+    }
+    out.update(_outputs(prefix, [dec, 0], [ks2, 0], (save, keep)))
+    return out
+
+
+def _wan22_clean(image: str) -> dict:
+    prompt = _wan22_models()
+    prompt["4"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    prompt.update(_wan22_video("wan22_clean", ["4", 0], ("13", "14", "15", "16", "17", "20")))
+    return prompt
+
+
+def _wan22_protect(image: str) -> dict:
+    prompt = _wan22_models()
+    prompt.update({
+        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "5": {"class_type": "AntiI2V_LoadSurrogateI2V", "inputs": {
+            "family": "auto", "folder": "(none)", "dtype": "float32", "frames": 1,
+            "gradient_checkpointing": False, "model": ["1", 0], "model_2": ["19", 0], "vae": ["2", 0],
+            "positive": ["3", 0]}},
+        "6": {"class_type": "AntiI2V_DSPPerturb", "inputs": {
+            "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
+        "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "", "weight": 1.0}},
+        "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
+            "steps": 4, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
+    })
+    prompt.update(_wan22_video("wan22_protected", ["8", 0], ("9", "10", "11", "12", "18", "21")))
+    return prompt
+
+
+def test_wan22_both_experts_unchanged_by_protect(comfy_server):
+    srv = comfy_server
+    cm.write_tiny_wan22_i2v(srv.models_dir / "diffusion_models", seed=0)
+    cm.write_tiny_wan22_i2v(srv.models_dir / "diffusion_models", seed=5, name=cm.WAN22_LOW_FILE)
+    cm.write_tiny_wan_vae(srv.models_dir / "vae")
+    photo = _photo(srv, "wan22_unchanged.png", seed=4)
+
+    first = _run(srv, _wan22_clean(photo))
+    protect = _run(srv, _wan22_protect(photo))
+    again = _run(srv, _wan22_clean(_byte_copy(srv, photo, "wan22_unchanged_copy.png")))
+
+    assert {"5", "8", "9", "10", "21"} <= protect["executed"]
+    _assert_unchanged_model(srv, first, again, protect, loaders={"1", "19", "2"},
+                            resampled={"4", "13", "14", "20", "15"}, clean_ids=("16", "17"),
+                            protected_ids=("12", "18"), min_change=0.5)
