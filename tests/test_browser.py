@@ -6,6 +6,9 @@ random-weight models under the file names the presets use:
 * ``models/diffusers/CogVideoX-5b-I2V``: a tiny diffusers CogVideoX-I2V (the adapter's ``save_tiny``);
 * ``models/diffusion_models/wan2.1_i2v_480p_14B_bf16.safetensors`` and ``models/vae/wan_2.1_vae.safetensors``:
   tiny native Wan 2.1 files (``tests/comfy_models.py``), loaded by the preset's own UNETLoader / VAELoader;
+* ``models/diffusion_models/wan2.2_i2v_{high,low}_noise_14B_fp16.safetensors``: two tiny Wan 2.2 A14B I2V experts
+  (``tests/comfy_models.py``), loaded by the preset's own UNETLoaders; the two KSamplerAdvanced keep their chain
+  (steps 0-2 high noise, 2-4 low noise);
 * ``models/checkpoints/ltx-video-2b-v0.9.5.safetensors``: a tiny LTX-Video checkpoint in the real layout
   (``tests/comfy_models.py``), loaded by the preset's own CheckpointLoaderSimple;
 * ``models/checkpoints/svd.safetensors``: a random-weight SVD checkpoint (``tests/comfy_models.py``: the
@@ -45,8 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
-PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_ltxv_native",
-           "protect_batch"]
+PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_wan22_native",
+           "protect_ltxv_native", "protect_batch"]
 EXTENSION = "AntiI2V.LossChart"
 LOOP = "AntiI2V_ProtectLoop"
 
@@ -127,6 +130,8 @@ def _tiny(prompt: dict, *, shipped_layers: bool = False) -> dict:
             inp.update(width=64, height=64, video_frames=2)
         elif ct == "KSampler":
             inp.update(steps=2)
+        elif ct == "KSamplerAdvanced":  # the Wan 2.2 chain: first expert steps 0-2, second 2-4
+            inp.update(steps=4, **({"end_at_step": 2} if inp["start_at_step"] == 0 else {"start_at_step": 2}))
         out[nid] = node
     for nid, node in out.items():  # nothing may still point at a removed node
         for k, v in node["inputs"].items():
@@ -155,6 +160,8 @@ def stack(tmp_path_factory):
     comfy_models.write_tiny_wan_vae(server.models_dir / "vae")
     comfy_models.install_svd_checkpoint(server.models_dir)  # 1.9 GB, written once into .cache/anti_i2v_tests
     comfy_models.write_tiny_ltxv_checkpoint(server.models_dir / "checkpoints")
+    comfy_models.write_tiny_wan22_i2v(server.models_dir / "diffusion_models", seed=0)
+    comfy_models.write_tiny_wan22_i2v(server.models_dir / "diffusion_models", seed=5, name=comfy_models.WAN22_LOW_FILE)
     Image.fromarray(skdata.astronaut()).resize((64, 64)).save(server.input_dir / "example.png")
     shots = Path(os.environ.get("ANTI_I2V_SCREENSHOTS") or base / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
@@ -245,7 +252,7 @@ def test_preset_loads_converts_and_runs(stack, name):
     assert entry["status"]["status_str"] == "success"
     saved = [p for nid, out in entry["outputs"].items() for p in server.output_files(entry, nid)]
     assert saved and all(p.is_file() and p.stat().st_size > 0 for p in saved), f"{name}: no output files"
-    if "wan21" in name or "svd" in name or "ltxv" in name:  # clean and protected videos both rendered
+    if "wan2" in name or "svd" in name or "ltxv" in name:  # clean and protected videos both rendered
         webps = [p for p in saved if p.suffix == ".webp"]
         assert len(webps) == 2, f"{name}: expected 2 videos, got {webps}"
 
