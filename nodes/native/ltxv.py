@@ -15,11 +15,8 @@ How ComfyUI 0.3.75 conditions LTX-Video on an image (``comfy_extras/nodes_lt.py`
 * Text: T5-XXL tokens (4096 wide, projected by ``caption_projection``) and ``frame_rate`` (``LTXVConditioning``,
   25 by default) for the rotary positions.
 
-In the surrogate protocol: :meth:`NativeLTXVSurrogate.encode` gives the photo's latent (``latent``, (B, 128, 1,
-h, w), ``process_latent_in`` applied as the sampler does); :meth:`~NativeLTXVSurrogate.clean_latent` is the still
-video (that latent repeated over the latent frames); :meth:`~NativeLTXVSurrogate.denoise` replaces the first latent
-frame of the shared noisy latent by the photo's latent (the conditioning path, so the perturbed and the target
-pass share z_t everywhere else) and runs ``apply_model`` with the denoise mask, i.e. the per-token timestep.
+The surrogate protocol for this way of conditioning is shared with Wan 2.2 TI2V-5B in
+:class:`~.first_frame.FirstFrameSurrogate`.
 """
 
 from __future__ import annotations
@@ -29,9 +26,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from anti_i2v.surrogates.base import Conditioning, NoiseDraw, SurrogateError
 
-from .base import OUT_OF_PLACE, NativeSurrogate, _text_conditioning
+from .base import OUT_OF_PLACE, _text_conditioning
+from .first_frame import FirstFrameSurrogate
 
 __all__ = ["NativeLTXVSurrogate"]
 
@@ -57,7 +54,7 @@ def _block_forward(self: nn.Module, x: Tensor, context: Tensor | None = None, at
 OUT_OF_PLACE[("comfy.ldm.lightricks.model", "BasicTransformerBlock")] = _block_forward
 
 
-class NativeLTXVSurrogate(NativeSurrogate):
+class NativeLTXVSurrogate(FirstFrameSurrogate):
     """Native LTX-Video (0.9.x, 2B and 13B) surrogate.
 
     Args (besides :class:`NativeSurrogate`'s):
@@ -71,6 +68,7 @@ class NativeLTXVSurrogate(NativeSurrogate):
     native_area = 512 * 768
     size_multiple = 32
     default_size = (512, 768)
+    temporal_factor = 8
     #: the transformer's patch size (``SymmetricPatchifier(1)``): one token per latent pixel (layer PCA maps)
     patch_size = 1
 
@@ -112,59 +110,6 @@ class NativeLTXVSurrogate(NativeSurrogate):
         d.update({"text": self.text_source, "strength": self.strength,
                   "frame_rate": float(self.text_extra.get("frame_rate", 25.0))})
         return d
-
-    @property
-    def latent_frames(self) -> int:
-        """``LTXVImgToVideo``'s latent length for ``num_frames`` pixel frames: ``(length - 1) // 8 + 1``."""
-        return (int(self.num_frames) - 1) // 8 + 1
-
-    def encode(self, image: Tensor) -> Conditioning:
-        """The photo's latent as ``LTXVImgToVideo`` writes it into the first latent frame, differentiable.
-
-        ``latent``: ``process_latent_in`` of the VAE latent of each photo as a one-frame video, (B, 128, 1, h, w).
-        """
-        import comfy.utils
-
-        with self.bound():
-            b, _, h, w = image.shape
-            x = image.to(self.device, torch.float32)
-            pixels = comfy.utils.common_upscale(x, w, h, "bilinear", "center")  # (B, 3, H, W)
-            lat = self._encode_latent(pixels.unsqueeze(2))  # (B, 128, 1, h/32, w/32)
-            return Conditioning(latent=self.base_model.process_latent_in(lat), parts={})
-
-    def clean_latent(self, cond: Conditioning) -> Tensor:
-        """The still video: the photo's latent repeated over the latent frames, (B, 128, T, h, w)."""
-        return cond.latent.float().expand(-1, -1, self.latent_frames, -1, -1)
-
-    def conditioning_mask(self, shape: Sequence[int]) -> Tensor:
-        """``LTXVImgToVideo``'s noise mask (ones, ``1 - strength`` on the first latent frame) at ``shape``, as the
-        sampler's ``prepare_mask`` reshapes it."""
-        import comfy.utils
-
-        b, t = shape[0], shape[2]
-        mask = torch.ones((b, 1, t, 1, 1), dtype=torch.float32)
-        mask[:, :, :1] = 1.0 - self.strength
-        return comfy.utils.reshape_mask(mask, tuple(shape)).to(self.device)
-
-    def denoise(self, cond: Conditioning, noisy: Tensor, draw: NoiseDraw) -> Tensor:
-        """``apply_model`` on ``noisy`` (B, 128, T, h, w) with its first latent frame replaced as the sampler does
-        (``x * mask + latent_image * (1 - mask)``) and the mask as per-token timestep."""
-        with self.bound():
-            lat = cond.latent.to(self.device).float()
-            b = lat.shape[0]
-            if noisy.shape[0] != b or noisy.shape[1] != lat.shape[1] or noisy.shape[3:] != lat.shape[3:]:
-                raise SurrogateError(
-                    f"the noisy latent has shape {tuple(noisy.shape)} but the photo latent {tuple(lat.shape)}: "
-                    "batch, channels and size must match"
-                )
-            mask = self.conditioning_mask(noisy.shape)
-            image_frames = torch.cat([lat, torch.zeros_like(noisy[:, :, 1:])], dim=2)
-            x = noisy.to(self.device).float() * mask + image_frames * (1.0 - mask)
-            c = dict(self.text_extra)
-            c["cross_attn"] = self.text_cond.to(self.device)
-            sigma = draw.timestep.to(self.device, torch.float32)
-            conds = self._model_conds(c, x, b, denoise_mask=mask)
-            return self._run(x, sigma, conds)
 
     def _sampling_inputs(self, pixels: Tensor, h: int, w: int):
         import comfy.utils
