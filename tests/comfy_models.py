@@ -96,6 +96,11 @@ __all__ = [
     "write_tiny_ltxv_checkpoint",
     "load_checkpoint",
     "load_vae",
+    "WAN22_5B_FILE",
+    "WAN22_VAE_FILE",
+    "write_tiny_wan22_ti2v",
+    "cached_wan22_vae",
+    "install_wan22_vae",
 ]
 
 
@@ -153,13 +158,13 @@ def random_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Ten
     return out
 
 
-def _wan_model(model_type: str, in_dim: int) -> torch.nn.Module:
+def _wan_model(model_type: str, in_dim: int, out_dim: int = 16) -> torch.nn.Module:
     ensure_comfy_path()
     import comfy.ops
     from comfy.ldm.wan.model import WanModel
 
     return WanModel(model_type=model_type, in_dim=in_dim, dim=128, ffn_dim=256, num_heads=1, num_layers=2,
-                    out_dim=16, text_dim=4096, operations=comfy.ops.disable_weight_init)
+                    out_dim=out_dim, text_dim=4096, operations=comfy.ops.disable_weight_init)
 
 
 def _save(sd: dict[str, torch.Tensor], path: Path, dtype: torch.dtype) -> Path:
@@ -510,3 +515,67 @@ def load_vae(path: str | Path):
 
     with torch.inference_mode():
         return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
+
+
+# ---------------------------------------------------------------------------------------- Wan 2.2 TI2V-5B
+WAN22_5B_FILE = "wan2.2_ti2v_5B_fp16.safetensors"
+WAN22_VAE_FILE = "wan2.2_vae.safetensors"
+#: bump when the recipe of :func:`write_wan22_vae` changes (invalidates the cache)
+WAN22_VAE_VERSION = 1
+
+
+def write_tiny_wan22_ti2v(folder: str | Path, *, seed: int = 0, name: str = WAN22_5B_FILE) -> Path:
+    """Write a tiny Wan 2.2 TI2V-5B diffusion model: 48 latent channels in and out, which ComfyUI detects as
+    ``WAN22_T2V`` (``comfy.model_base.WAN22``) from ``head.head``'s width alone."""
+    m = _wan_model("t2v", 48, out_dim=48)
+    return _save(random_state_dict(m, seed), Path(folder) / name, torch.bfloat16)
+
+
+def _wan22_vae_meta() -> torch.nn.Module:
+    """The Wan 2.2 VAE as ``comfy.sd.VAE`` builds it (``dim`` 160 is fixed there: it cannot be made smaller)."""
+    ensure_comfy_path()
+    from comfy.ldm.wan.vae2_2 import WanVAE
+
+    with torch.device("meta"):
+        return WanVAE(dim=160, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                      temperal_downsample=[False, True, True], dropout=0.0)
+
+
+def cached_wan22_vae(*, seed: int = 0) -> Path:
+    """A random-weight ``wan2.2_vae.safetensors`` (705 M parameters, fp16, 1.4 GB) that VAELoader detects as the
+    Wan 2.2 VAE, written once per recipe and ComfyUI layout into ``.cache/anti_i2v_tests`` (never committed)."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    meta = _wan22_vae_meta()
+    h = hashlib.sha256(f"v{WAN22_VAE_VERSION} seed{seed}".encode())
+    for k, v in meta.state_dict().items():
+        h.update(f"{k}:{tuple(v.shape)};".encode())
+    path = SVD_CACHE_DIR / f"wan22-vae-random-{h.hexdigest()[:12]}.safetensors"
+    if path.is_file():
+        return path
+    for old in SVD_CACHE_DIR.glob("wan22-vae-random-*.safetensors"):
+        old.unlink(missing_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: _uniform_fp16(v.shape, k, g) for k, v in meta.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    save_file(sd, str(tmp))
+    del sd
+    os.replace(tmp, path)
+    return path
+
+
+def install_wan22_vae(models_dir: str | Path, *, seed: int = 0, name: str = WAN22_VAE_FILE) -> Path:
+    """Put the cached random Wan 2.2 VAE at ``models_dir/vae/name`` (hard link, else a copy)."""
+    src = cached_wan22_vae(seed=seed)
+    dst = Path(models_dir) / "vae" / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst

@@ -1,8 +1,9 @@
-"""Native Wan 2.2 A14B I2V surrogate (nodes/native/wan22.py): both experts in one run.
+"""Native Wan 2.2 surrogates (nodes/native/wan22.py): A14B I2V with both experts in one run, and TI2V-5B.
 
 Two tiny experts in the real layout (Wan 2.1 I2V without ``img_emb``, 36 input channels; different seeds) and the
 tiny Wan 2.1 VAE are loaded with ``comfy.sd.load_diffusion_model`` / ``comfy.sd.VAE`` under inference mode, as
-UNETLoader / VAELoader do. Recomputed float values are compared with ``atol=1e-5`` (a few ulp between CPUs);
+UNETLoader / VAELoader do. TI2V-5B: a tiny 48-channel model and a random real-size Wan 2.2 VAE (ComfyUI fixes
+its width; written once into .cache/anti_i2v_tests). Recomputed float values are compared with ``atol=1e-5`` (a few ulp between CPUs);
 the user's weights before and after with ``torch.equal``.
 """
 
@@ -121,3 +122,57 @@ def test_wan22_layer_pca_uses_the_expert_of_the_timestep(native, experts):
         for i in (0, 1):
             assert maps[i].shape == (3, 64, 64)
             torch.testing.assert_close(maps[i], ref[i], atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- TI2V-5B
+@pytest.fixture(scope="module")
+def ti2v(native, tmp_path_factory):
+    """A tiny TI2V-5B (48 channels) and the random real-size Wan 2.2 VAE (cached, 1.4 GB; ComfyUI fixes its
+    width), both loaded by ComfyUI's own loader functions."""
+    import comfy.sd
+
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model(str(cm.write_tiny_wan22_ti2v(tmp_path_factory.mktemp("ti2v"))))
+    return model, cm.load_vae(cm.cached_wan22_vae())
+
+
+def test_wan22_ti2v_conditioning_follows_comfyui(native, ti2v, experts):
+    """Wan22ImageToVideoLatent: the photo's latent (VAE.encode, process_latent_in) in the first latent frame,
+    kept there whatever the noise, and per-frame timesteps t * mask (0 for the photo's frame); the gradient
+    reaches the photo through the VAE and the blocks; the user's model is untouched; layer PCA works."""
+    model, vae = ti2v
+    assert native.detect_native_family(model) == "wan22_ti2v"
+    before = [(k, v.clone(), v.requires_grad) for k, v in model.model.state_dict(keep_vars=True).items()]
+    s = native.native_surrogate(model=model, vae=vae, frames=5, dtype="float32")
+    assert isinstance(s, native.NativeWan22TI2VSurrogate) and s.latent_frames == 2
+    photo = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    cond = s.encode_image(photo)
+    with torch.inference_mode():
+        ref = model.model.latent_format.process_in(vae.encode(photo.movedim(1, -1)))
+    torch.testing.assert_close(cond.latent, ref.clone(), atol=1e-5, rtol=1e-5)
+    x0 = s.clean_latent(cond)
+    assert x0.shape == (1, 48, 2, 4, 4)
+    d = s.draw_noise(1, torch.Generator().manual_seed(0))
+    zt = s.noisy_latent(x0, d)
+    other = zt.clone()
+    other[:, :, :1] -= 2.0
+    torch.testing.assert_close(s.denoise(cond, other, d), s.denoise(cond, zt, d), atol=1e-5, rtol=1e-5)
+    mask = s.conditioning_mask(zt.shape)
+    t = model.model.process_timestep(torch.tensor([0.7]), x=zt, denoise_mask=mask)
+    assert t.shape == (1, 2) and t[0, 0] == 0 and abs(float(t[0, 1]) - 0.7) < 1e-6
+
+    x = photo.clone().requires_grad_(True)
+    last = s.num_vae_layers - 1
+    f = s.features(x, d, FeatureRequest(blocks=frozenset({1}), vae_layers=frozenset({last})), clean=x0)
+    (f.blocks[1].pow(2).mean() + f.vae[last].pow(2).mean()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    maps = block_pca_maps(s, photo, "0,1", seed=0, timestep=0.5)
+    for m in maps.values():  # 64 / (16 x 2) = 2 x 2 tokens per latent frame
+        assert m.shape == (3, 64, 64) and torch.equal(m[:, ::32, ::32].repeat_interleave(32, 1)
+                                                      .repeat_interleave(32, 2), m)
+    after = list(model.model.state_dict(keep_vars=True).items())
+    assert all(torch.equal(v, b) and v.requires_grad == rg for (_, v), (_, b, rg) in zip(after, before))
+
+    _, _, wan21_vae = experts
+    with pytest.raises(ValueError, match="vae: the connected VAE has 16 latent channels but Wan 2.2 TI2V-5B needs 48"):
+        native.native_surrogate(model=model, vae=wan21_vae)

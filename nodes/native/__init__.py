@@ -4,7 +4,9 @@
   management, the noise and timestep protocol, differentiable CLIP-vision encode) and :func:`detect_native_family`;
 * :mod:`.wan21` - Wan 2.1 I2V / Wan 2.2 14B I2V (``WanImageToVideo``);
 * :mod:`.svd` - Stable Video Diffusion (``SVD_img2vid_Conditioning``);
-* :mod:`.wan22` - Wan 2.2 A14B I2V, both experts (high and low noise) in one run;
+* :mod:`.wan22` - Wan 2.2 A14B I2V, both experts (high and low noise) in one run, and Wan 2.2 TI2V-5B
+  (``Wan22ImageToVideoLatent``: first latent frame replaced, per-frame timestep);
+* :mod:`.first_frame` - the first-latent-frame conditioning shared by Wan 2.2 TI2V-5B and LTX-Video;
 * :mod:`.ltxv` - LTX-Video (``LTXVImgToVideo``: first latent frame replaced, per-token timestep).
 
 :func:`native_surrogate` (below) is the entry point of ``AntiI2V_LoadSurrogateI2V``. The package imports
@@ -23,13 +25,14 @@ from .base import _DTYPES, NATIVE_FAMILIES, NativeSurrogate, _describe_model, de
 from .ltxv import NativeLTXVSurrogate
 from .svd import NativeSVDSurrogate
 from .wan21 import NativeWan21Surrogate
-from .wan22 import WAN22_I2V_BOUNDARY, NativeWan22MoESurrogate
+from .wan22 import WAN22_I2V_BOUNDARY, NativeWan22MoESurrogate, NativeWan22TI2VSurrogate
 
 __all__ = [
     "NATIVE_FAMILIES",
     "NativeSurrogate",
     "NativeWan21Surrogate",
     "NativeWan22MoESurrogate",
+    "NativeWan22TI2VSurrogate",
     "NativeSVDSurrogate",
     "NativeLTXVSurrogate",
     "detect_native_family",
@@ -60,8 +63,8 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
         boundary: Wan 2.2 A14B: the flow sigma where the user's graph switches experts (default 0.9).
 
     Returns:
-        A :class:`NativeWan21Surrogate`, :class:`NativeWan22MoESurrogate`, :class:`NativeSVDSurrogate` or
-        :class:`NativeLTXVSurrogate`.
+        A :class:`NativeWan21Surrogate`, :class:`NativeWan22MoESurrogate`, :class:`NativeWan22TI2VSurrogate`,
+        :class:`NativeSVDSurrogate` or :class:`NativeLTXVSurrogate`.
 
     Raises:
         ValueError: the model is not a supported I2V model, the family does not match it, or an input is missing.
@@ -97,6 +100,8 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
         return NativeWan22MoESurrogate(positive=positive, model_low=model_2, boundary=boundary, **common)
     if detected == "wan21":
         return NativeWan21Surrogate(positive=positive, **common)
+    if detected == "wan22_ti2v":
+        return NativeWan22TI2VSurrogate(positive=positive, **common)
     if detected == "ltxv":
         return NativeLTXVSurrogate(positive=positive, **common)
     return NativeSVDSurrogate(**common)

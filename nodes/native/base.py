@@ -88,7 +88,7 @@ __all__ = [
 log = logging.getLogger("anti_i2v.native")
 
 #: families a native surrogate can be built for
-NATIVE_FAMILIES = ("wan21", "wan22", "svd", "ltxv")
+NATIVE_FAMILIES = ("wan21", "wan22", "wan22_ti2v", "svd", "ltxv")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -247,18 +247,19 @@ def _describe_model(model: Any) -> str:
 
 
 def detect_native_family(model: Any) -> str:
-    """The family (``"wan21"``, ``"svd"`` or ``"ltxv"``) of a ComfyUI ``MODEL``, or ValueError naming what was connected.
+    """The family (``"wan21"``, ``"wan22_ti2v"``, ``"svd"`` or ``"ltxv"``) of a ComfyUI ``MODEL``, or ValueError.
 
     Wan: ``comfy.model_base.WAN21`` itself (not its VACE/camera/S2V/2.2-5B subclasses) whose patch embedding
     takes 36 channels (16 noise + 4 mask + 16 image latent), i.e. Wan 2.1 I2V (with CLIP image tokens) and
-    Wan 2.2 14B I2V. SVD: ``comfy.model_base.SVD_img2vid``. LTX-Video: ``comfy.model_base.LTXV`` (every LTXV
-    model takes an image through ``LTXVImgToVideo``).
+    Wan 2.2 14B I2V. Wan 2.2 TI2V-5B: ``comfy.model_base.WAN22``. SVD: ``comfy.model_base.SVD_img2vid``.
+    LTX-Video: ``comfy.model_base.LTXV`` (every LTXV model takes an image through ``LTXVImgToVideo``).
     """
     comfy = _comfy()
     inner = getattr(model, "model", None)
     mb = comfy.model_base
-    supported = ("Wan 2.1 I2V / Wan 2.2 14B I2V (WAN21 with 36 input channels, from UNETLoader), SVD "
-                 "(SVD_img2vid, from ImageOnlyCheckpointLoader) or LTX-Video (LTXV, from CheckpointLoaderSimple)")
+    supported = ("Wan 2.1 I2V / Wan 2.2 14B I2V (WAN21 with 36 input channels, from UNETLoader), Wan 2.2 "
+                 "TI2V-5B (WAN22, from UNETLoader), SVD (SVD_img2vid, from ImageOnlyCheckpointLoader) or LTX-Video "
+                 "(LTXV, from CheckpointLoaderSimple)")
     if inner is None:
         raise ValueError(f"model: expected a ComfyUI MODEL, got {type(model).__name__}; supported: {supported}")
     if type(inner) is mb.WAN21:
@@ -271,6 +272,8 @@ def detect_native_family(model: Any) -> str:
             f"model: the connected Wan model takes {in_ch} input channels, which is not image-to-video "
             f"(a text-to-video model?); supported: {supported}"
         )
+    if type(inner) is mb.WAN22:
+        return "wan22_ti2v"
     if type(inner) is mb.SVD_img2vid:
         return "svd"
     if type(inner) is mb.LTXV:

@@ -1,4 +1,5 @@
-"""Native Wan 2.2 A14B I2V surrogate: both experts (high noise and low noise) in one protect run.
+"""Native Wan 2.2 surrogates: A14B I2V with both experts (high noise and low noise) in one protect run, and
+TI2V-5B (:class:`NativeWan22TI2VSurrogate`, first latent frame replaced, per-frame timestep; at the end).
 
 Wan 2.2 A14B I2V is a mixture of two 14B experts with the Wan 2.1 I2V layout minus the CLIP image embedding
 (``comfy.model_base.WAN21``, 36 input channels = 16 noise + 4 mask + 16 image latent, no ``img_emb``): the
@@ -28,17 +29,18 @@ the VAE), so both experts need not fit on the GPU together.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from anti_i2v.surrogates.base import NoiseDraw, SurrogateError
 
-from .base import _Shadow
+from .base import _Shadow, _text_conditioning
+from .first_frame import FirstFrameSurrogate
 from .wan21 import NativeWan21Surrogate
 
-__all__ = ["NativeWan22MoESurrogate", "WAN22_I2V_BOUNDARY"]
+__all__ = ["NativeWan22MoESurrogate", "NativeWan22TI2VSurrogate", "WAN22_I2V_BOUNDARY"]
 
 #: Wan 2.2 A14B I2V's expert switch as a flow sigma (``boundary_ratio`` 0.900 of its 1000 training timesteps)
 WAN22_I2V_BOUNDARY = 0.9
@@ -212,3 +214,72 @@ class NativeWan22MoESurrogate(NativeWan21Surrogate):
             frames = self.vae.decode(samples)
             frames = frames.reshape(-1, *frames.shape[-3:])
         return frames.movedim(-1, 1).float().cpu().clone()
+
+
+# ---------------------------------------------------------------------------------------------- TI2V-5B
+class NativeWan22TI2VSurrogate(FirstFrameSurrogate):
+    """Native Wan 2.2 TI2V-5B surrogate: ``Wan22ImageToVideoLatent`` conditioning, ``blocks`` hooks.
+
+    TI2V-5B (``comfy.model_base.WAN22``: 48 latent channels in and out, the Wan 2.2 VAE with 16x spatial and 4x
+    temporal compression) takes no image channels: ``Wan22ImageToVideoLatent`` (``comfy_extras/nodes_wan.py``)
+    writes the photo's VAE latent into the first latent frame with a ``noise_mask`` that is 0 there, the sampler
+    keeps that frame at the clean latent, and ``WAN22.process_timestep`` gives each latent frame the timestep
+    ``t * mean(mask)`` (0 for the photo's frame): see :class:`~.first_frame.FirstFrameSurrogate`. Text: umT5-XXL
+    (4096 wide); zeros when no ``positive`` is connected.
+    """
+
+    family = "wan22-ti2v-native"
+    native_area = 704 * 1280
+    size_multiple = 32  # VAE 16 x patch 2
+    default_size = (704, 1280)
+    temporal_factor = 4
+
+    def __init__(self, *, positive: Any = None, **kwargs) -> None:
+        if kwargs.get("clip_vision") is not None:
+            raise ValueError("clip_vision: Wan 2.2 TI2V-5B takes no CLIP image embedding; disconnect the CLIP vision "
+                             "model (the image enters as the first latent frame)")
+        super().__init__(positive=positive, **kwargs)
+        lat = self.model.model.latent_format.latent_channels
+        if getattr(self.vae, "latent_channels", None) != lat:
+            raise ValueError(f"vae: the connected VAE has {getattr(self.vae, 'latent_channels', '?')} latent "
+                             f"channels but Wan 2.2 TI2V-5B needs {lat}; connect wan2.2_vae.safetensors (VAELoader)")
+        width = int(getattr(self.model.model.diffusion_model, "text_dim", 4096))
+        self.text_cond, self.text_extra, self.text_source = _text_conditioning(
+            positive, width, "the Wan model", "umT5-XXL")
+
+    def denoiser_blocks(self) -> Sequence[tuple[str, nn.Module]]:
+        return [(f"blocks.{i}", b) for i, b in enumerate(self.denoiser().blocks)]
+
+    def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
+        enc = self._vae_shadow.root.encoder
+        out = [("encoder.conv1", enc.conv1)]
+        out += [(f"encoder.downsamples.{i}", m) for i, m in enumerate(enc.downsamples)]
+        out += [(f"encoder.middle.{i}", m) for i, m in enumerate(enc.middle)]
+        out.append((f"encoder.head.{len(enc.head) - 1}", enc.head[-1]))
+        return out
+
+    def default_objective(self):
+        """The paper's depth ratios on the 30 blocks of TI2V-5B (IRA on block 19 and the last two VAE-encoder
+        layers, IRC 2 -> 19); every block outputs the same token grid."""
+        return super().default_objective()
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["text"] = self.text_source
+        return d
+
+    def _sampling_inputs(self, pixels: Tensor, h: int, w: int):
+        import comfy.latent_formats
+        import comfy.utils
+
+        length = int(self.num_frames)
+        latent = torch.zeros([1, 48, (length - 1) // 4 + 1, h // 16, w // 16])
+        mask = torch.ones([1, 1, latent.shape[2], latent.shape[-2], latent.shape[-1]])
+        start = comfy.utils.common_upscale(pixels[:1].movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)
+        t = self.vae.encode(start[:, :, :, :3])
+        latent[:, :, :t.shape[-3]] = t
+        mask[:, :, :t.shape[-3]] *= 0.0
+        latent = comfy.latent_formats.Wan22().process_out(latent) * mask + latent * (1.0 - mask)
+        positive = [[self.text_cond.clone(), dict(self.text_extra)]]
+        negative = [[torch.zeros_like(self.text_cond), {}]]
+        return positive, negative, latent, "simple", mask
