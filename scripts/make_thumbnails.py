@@ -37,6 +37,8 @@ COGVIDEOX_FOLDER = "CogVideoX-5b-I2V"
 LTXV_CKPT = "ltx-video-2b-v0.9.5.safetensors"
 WAN22_HIGH = "wan2.2_i2v_high_noise_14B_fp16.safetensors"
 WAN22_LOW = "wan2.2_i2v_low_noise_14B_fp16.safetensors"
+WAN22_5B = "wan2.2_ti2v_5B_fp16.safetensors"
+WAN22_VAE = "wan2.2_vae.safetensors"
 LTXV_TEXT = "t5xxl_fp16.safetensors"
 
 #: placeholder model files (relative to models/) so the combo widgets list the names the presets use
@@ -48,6 +50,8 @@ PLACEHOLDERS = [
     f"checkpoints/{LTXV_CKPT}",
     f"diffusion_models/{WAN22_HIGH}",
     f"diffusion_models/{WAN22_LOW}",
+    f"diffusion_models/{WAN22_5B}",
+    f"vae/{WAN22_VAE}",
     f"text_encoders/{LTXV_TEXT}",
     f"diffusers/{COGVIDEOX_FOLDER}/model_index.json",
 ]
@@ -267,6 +271,58 @@ def preset_wan22() -> tuple[dict, dict, str]:
     return g, layout, note
 
 
+def preset_wan22_ti2v() -> tuple[dict, dict, str]:
+    sampler = {"steps": 20, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple", "seed": 42, "denoise": 1.0}
+    i2v = {"width": 1280, "height": 704, "length": 121, "batch_size": 1}
+
+    def branch(prefix: str, image: list, ids: tuple[str, str, str, str]) -> dict:
+        lat, k, d, s = ids
+        return {
+            lat: _n("Wan22ImageToVideoLatent", f"Wan 2.2 TI2V latent ({prefix})", vae=["4", 0], start_image=image,
+                    **i2v),
+            k: _n("KSampler", model=["3", 0], positive=["6", 0], negative=["7", 0], latent_image=[lat, 0],
+                  **sampler),
+            d: _n("VAEDecode", samples=[k, 0], vae=["4", 0]),
+            s: _n("SaveAnimatedWEBP", f"Save wan22_ti2v_{prefix} video", images=[d, 0],
+                  filename_prefix=f"anti_i2v/wan22_ti2v_{prefix}", fps=24.0, lossless=False, quality=90,
+                  method="default"),
+        }
+
+    g = {
+        "1": _n("LoadImage", "Photo to protect", image="example.png"),
+        "2": _n("UNETLoader", unet_name=WAN22_5B, weight_dtype="default"),
+        "3": _n("ModelSamplingSD3", model=["2", 0], shift=8.0),
+        "4": _n("VAELoader", vae_name=WAN22_VAE),
+        "5": _n("CLIPLoader", clip_name=WAN_TEXT, type="wan", device="default"),
+        "6": _n("CLIPTextEncode", "Positive prompt", clip=["5", 0],
+                text="a person looks at the camera and talks, natural head and hand motion"),
+        "7": _n("CLIPTextEncode", "Negative prompt", clip=["5", 0],
+                text="blurry, static, low quality, deformed, watermark, subtitles"),
+        "8": _n("AntiI2V_LoadSurrogateI2V", family="auto", folder="(none)", dtype="bfloat16", frames=9,
+                gradient_checkpointing=False, model=["3", 0], vae=["4", 0], positive=["6", 0]),
+        "9": _dsp(),
+        "10": _n("AntiI2V_IRALoss", blocks="19", vae_layers="7,8", weight=1.0),
+        "11": _n("AntiI2V_IRCLoss", pairs="2:19", weight=1.0, losses=["10", 0]),
+        "12": _loop(["1", 0], ["8", 0], ["9", 0], ["11", 0]),
+        "13": _n("SaveImage", "Save protected photo", images=["12", 0], filename_prefix="anti_i2v/protected"),
+        **branch("protected", ["12", 0], ("14", "15", "16", "17")),
+        **branch("clean", ["1", 0], ("18", "19", "20", "21")),
+    }
+    layout = {"2": (20, 80), "3": (20, 220), "4": (20, 340), "5": (20, 460), "6": (400, 460), "7": (400, 720),
+              "1": (20, 640), "8": (400, 80), "9": (820, 80), "10": (820, 380), "11": (820, 620),
+              "12": (1200, 80), "13": (1620, 80), "14": (1620, 420), "15": (1960, 420), "16": (2320, 420),
+              "17": (2560, 420), "18": (1620, 1000), "19": (1960, 1000), "20": (2320, 1000), "21": (2560, 1000)}
+    note = (
+        "## Protect a photo against your Wan 2.2 TI2V-5B model (Anti-I2V)\n\n"
+        "The surrogate is **your own** Wan 2.2 TI2V-5B (`wan2.2_ti2v_5B_fp16.safetensors`, `wan2.2_vae.safetensors`). "
+        "Like **Wan22ImageToVideoLatent**, it writes the photo's latent into the first latent frame and gives that "
+        "frame timestep 0. Blocks 2 / 19 of the 30 match the paper's 3 / 27 of 42; VAE layers 7,8 are the last two "
+        "encoder layers.\n\n"
+        "Bottom row: video from the **clean** photo; row above: from the **protected** photo."
+    )
+    return g, layout, note
+
+
 def preset_ltxv() -> tuple[dict, dict, str]:
     sampler = {"steps": 30, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple"}
     i2v = {"width": 768, "height": 512, "length": 97, "batch_size": 1, "strength": 1.0}
@@ -346,6 +402,7 @@ PRESETS = {
     "protect_wan21_native": preset_wan21,
     "protect_svd_native": preset_svd,
     "protect_wan22_native": preset_wan22,
+    "protect_wan22_ti2v_native": preset_wan22_ti2v,
     "protect_ltxv_native": preset_ltxv,
     "protect_batch": preset_batch,
 }
@@ -359,6 +416,9 @@ GROUPS = {
     "protect_wan22_native": [("Protected photo -> Wan 2.2 video", ["14", "15", "24", "16", "17"], "#3f5159"),
                              ("Clean photo -> Wan 2.2 video (comparison)", ["18", "19", "25", "20", "21"],
                               "#593930")],
+    "protect_wan22_ti2v_native": [("Protected photo -> Wan 2.2 TI2V video", ["14", "15", "16", "17"], "#3f5159"),
+                                  ("Clean photo -> Wan 2.2 TI2V video (comparison)", ["18", "19", "20", "21"],
+                                   "#593930")],
     "protect_ltxv_native": [("Protected photo -> LTX-Video", ["13", "14", "15", "16"], "#3f5159"),
                             ("Clean photo -> LTX-Video (comparison)", ["17", "18", "19", "20"], "#593930")],
 }

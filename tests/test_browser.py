@@ -9,6 +9,8 @@ random-weight models under the file names the presets use:
 * ``models/diffusion_models/wan2.2_i2v_{high,low}_noise_14B_fp16.safetensors``: two tiny Wan 2.2 A14B I2V experts
   (``tests/comfy_models.py``), loaded by the preset's own UNETLoaders; the two KSamplerAdvanced keep their chain
   (steps 0-2 high noise, 2-4 low noise);
+* ``models/diffusion_models/wan2.2_ti2v_5B_fp16.safetensors`` and ``models/vae/wan2.2_vae.safetensors``: a tiny
+  TI2V-5B and a random real-size Wan 2.2 VAE (ComfyUI fixes its width; its preset runs at 32x32);
 * ``models/checkpoints/ltx-video-2b-v0.9.5.safetensors``: a tiny LTX-Video checkpoint in the real layout
   (``tests/comfy_models.py``), loaded by the preset's own CheckpointLoaderSimple;
 * ``models/checkpoints/svd.safetensors``: a random-weight SVD checkpoint (``tests/comfy_models.py``: the
@@ -49,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
 PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_wan22_native",
-           "protect_ltxv_native", "protect_batch"]
+           "protect_wan22_ti2v_native", "protect_ltxv_native", "protect_batch"]
 EXTENSION = "AntiI2V.LossChart"
 LOOP = "AntiI2V_ProtectLoop"
 
@@ -126,6 +128,8 @@ def _tiny(prompt: dict, *, shipped_layers: bool = False) -> dict:
             inp.update(width=64, height=64, length=5)
         elif ct == "LTXVImgToVideo":
             inp.update(width=64, height=64, length=9)
+        elif ct == "Wan22ImageToVideoLatent":  # the real-size Wan 2.2 VAE decodes in seconds at 32x32
+            inp.update(width=32, height=32, length=5)
         elif ct == "SVD_img2vid_Conditioning":
             inp.update(width=64, height=64, video_frames=2)
         elif ct == "KSampler":
@@ -160,6 +164,8 @@ def stack(tmp_path_factory):
     comfy_models.write_tiny_wan_vae(server.models_dir / "vae")
     comfy_models.install_svd_checkpoint(server.models_dir)  # 1.9 GB, written once into .cache/anti_i2v_tests
     comfy_models.write_tiny_ltxv_checkpoint(server.models_dir / "checkpoints")
+    comfy_models.write_tiny_wan22_ti2v(server.models_dir / "diffusion_models")
+    comfy_models.install_wan22_vae(server.models_dir)  # 1.4 GB, written once into .cache/anti_i2v_tests
     comfy_models.write_tiny_wan22_i2v(server.models_dir / "diffusion_models", seed=0)
     comfy_models.write_tiny_wan22_i2v(server.models_dir / "diffusion_models", seed=5, name=comfy_models.WAN22_LOW_FILE)
     Image.fromarray(skdata.astronaut()).resize((64, 64)).save(server.input_dir / "example.png")

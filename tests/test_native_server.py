@@ -9,6 +9,8 @@
 * Wan 2.2 A14B I2V: two UNETLoaders load tiny high- and low-noise experts under the real file names; the graph
   chains them with two KSamplerAdvanced as ComfyUI's Wan 2.2 graphs do, and the surrogate gets both (``model``,
   ``model_2``); sampling before and after is bit-identical for the two-expert chain.
+* Wan 2.2 TI2V-5B: UNETLoader loads a tiny 48-channel model, VAELoader a random real-size
+  ``wan2.2_vae.safetensors`` (cached; ComfyUI fixes its width), through the real Wan22ImageToVideoLatent.
 * SVD: ImageOnlyCheckpointLoader loads ``svd.safetensors``, a random-weight checkpoint that ComfyUI detects as
   ``SVD_img2vid`` with a ViT-H ``CLIP_VISION`` and the temporal SD VAE (``comfy_models.write_svd_checkpoint``).
 
@@ -431,3 +433,76 @@ def test_wan22_both_experts_unchanged_by_protect(comfy_server):
     _assert_unchanged_model(srv, first, again, protect, loaders={"1", "19", "2"},
                             resampled={"4", "13", "14", "20", "15"}, clean_ids=("16", "17"),
                             protected_ids=("12", "18"), min_change=0.5)
+
+
+# ---------------------------------------------------------------------------------------------- Wan 2.2 TI2V-5B
+TI2V_SIZE = 32  # the real-size Wan 2.2 VAE decodes in seconds at 32x32 (one 2x2 latent)
+
+
+def _ti2v_models() -> dict:
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": cm.WAN22_5B_FILE, "weight_dtype": "default"}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": cm.WAN22_VAE_FILE}},
+        "3": {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 16}},
+    }
+
+
+def _ti2v_video(prefix: str, image_ref: list, ids: tuple[str, ...]) -> dict:
+    """Wan22ImageToVideoLatent -> KSampler -> VAEDecode -> lossless WebP + latent, on ``image_ref``."""
+    i2v, ks, dec, save, keep = ids
+    out = {
+        i2v: {"class_type": "Wan22ImageToVideoLatent", "inputs": {
+            "vae": ["2", 0], "width": TI2V_SIZE, "height": TI2V_SIZE, "length": LENGTH, "batch_size": 1,
+            "start_image": image_ref}},
+        ks: {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 9, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+            "positive": ["3", 0], "negative": ["3", 0], "latent_image": [i2v, 0], "denoise": 1.0}},
+        dec: {"class_type": "VAEDecode", "inputs": {"samples": [ks, 0], "vae": ["2", 0]}},
+    }
+    out.update(_outputs(prefix, [dec, 0], [ks, 0], (save, keep)))
+    return out
+
+
+def _ti2v_clean(image: str) -> dict:
+    prompt = _ti2v_models()
+    prompt["4"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    prompt.update(_ti2v_video("ti2v_clean", ["4", 0], ("13", "14", "15", "16", "17")))
+    return prompt
+
+
+def _ti2v_protect(image: str) -> dict:
+    prompt = _ti2v_models()
+    prompt.update({
+        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "5": {"class_type": "AntiI2V_LoadSurrogateI2V", "inputs": {
+            "family": "auto", "folder": "(none)", "dtype": "float32", "frames": LENGTH,
+            "gradient_checkpointing": False, "model": ["1", 0], "vae": ["2", 0], "positive": ["3", 0]}},
+        "6": {"class_type": "AntiI2V_DSPPerturb", "inputs": {
+            "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
+        "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "", "weight": 1.0}},
+        "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
+            "steps": 2, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
+    })
+    prompt.update(_ti2v_video("ti2v_protected", ["8", 0], ("9", "10", "11", "12", "18")))
+    return prompt
+
+
+@pytest.mark.slow
+def test_wan22_ti2v_model_unchanged_by_protect(comfy_server):
+    srv = comfy_server
+    cm.write_tiny_wan22_ti2v(srv.models_dir / "diffusion_models")
+    cm.install_wan22_vae(srv.models_dir)  # 1.4 GB, written once into .cache/anti_i2v_tests
+    g = torch.Generator().manual_seed(5)
+    photo = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(TI2V_SIZE, TI2V_SIZE),
+                                            mode="bilinear")
+    name = "ti2v_unchanged.png"
+    Image.fromarray((photo[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(srv.input_dir / name)
+
+    first = _run(srv, _ti2v_clean(name))
+    protect = _run(srv, _ti2v_protect(name))
+    again = _run(srv, _ti2v_clean(_byte_copy(srv, name, "ti2v_unchanged_copy.png")))
+
+    assert {"5", "8", "9", "10"} <= protect["executed"]
+    _assert_unchanged_model(srv, first, again, protect, loaders={"1", "2", "3"}, resampled={"4", "13", "14", "15"},
+                            clean_ids=("16", "17"), protected_ids=("12", "18"), min_change=0.5)
