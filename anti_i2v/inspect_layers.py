@@ -47,7 +47,8 @@ from .surrogates.base import FeatureRequest, NoiseDraw, Surrogate, SurrogateErro
 __all__ = ["block_pca_maps", "pca_rgb", "resolve_blocks", "token_grid"]
 
 #: families whose timestep can be set as a fraction of the noise schedule (native ComfyUI ones end in -native)
-TIMESTEP_FAMILIES = ("cogvideox", "wan21", "svd", "wan21-native", "svd-native", "ltxv-native")
+TIMESTEP_FAMILIES = ("cogvideox", "wan21", "svd", "wan21-native", "wan22-native", "wan22-ti2v-native", "svd-native",
+                     "ltxv-native")
 
 
 def resolve_blocks(surrogate: Surrogate, blocks: str | int | Iterable[int], *, name: str = "blocks") -> list[int]:

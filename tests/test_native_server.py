@@ -412,7 +412,7 @@ def _wan22_protect(image: str) -> dict:
         "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "", "weight": 1.0}},
         "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
             "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
-            "steps": 4, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
+            "steps": 2, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
     })
     prompt.update(_wan22_video("wan22_protected", ["8", 0], ("9", "10", "11", "12", "18", "21")))
     return prompt

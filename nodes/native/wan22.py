@@ -77,18 +77,20 @@ class NativeWan22MoESurrogate(NativeWan21Surrogate):
         super().__init__(**kwargs)
         if not 0.0 < float(boundary) < 1.0:
             raise ValueError(f"boundary must be a flow sigma in (0, 1), got {boundary}")
-        high_dm, low_dm = self.model.model.diffusion_model, getattr(getattr(model_low, "model", None),
-                                                                     "diffusion_model", None)
+        high_dm = self.model.model.diffusion_model
+        low_dm = getattr(getattr(model_low, "model", None), "diffusion_model", None)
         if low_dm is None or type(model_low.model) is not type(self.model.model):
             raise ValueError(f"model_2: the low-noise expert must be a Wan 2.2 A14B I2V MODEL like 'model', got "
                              f"{type(getattr(model_low, 'model', model_low)).__name__}")
-        shape = lambda dm: (len(dm.blocks), dm.dim, dm.patch_embedding.weight.shape[1])  # noqa: E731
-        if shape(low_dm) != shape(high_dm):
-            raise ValueError(f"model_2: the two experts differ (blocks, width, input channels) {shape(high_dm)} vs "
-                             f"{shape(low_dm)}; connect the high- and low-noise models of one Wan 2.2 A14B I2V")
-        if getattr(high_dm, "img_emb", None) is not None:
-            raise ValueError("model: this Wan model has a CLIP image embedding (Wan 2.1 I2V); the two-expert "
-                             "surrogate is for Wan 2.2 A14B I2V (high- and low-noise models)")
+        high_shape, low_shape = (
+            (len(dm.blocks), dm.dim, dm.patch_embedding.weight.shape[1]) for dm in (high_dm, low_dm))
+        if low_shape != high_shape:
+            raise ValueError(f"model_2: the two experts differ (blocks, width, input channels) {high_shape} vs "
+                             f"{low_shape}; connect the high- and low-noise models of one Wan 2.2 A14B I2V")
+        for name, dm in (("model", high_dm), ("model_2", low_dm)):
+            if getattr(dm, "img_emb", None) is not None:
+                raise ValueError(f"{name}: this Wan model has a CLIP image embedding (Wan 2.1 I2V); the two-expert "
+                                 "surrogate is for Wan 2.2 A14B I2V (high- and low-noise models)")
         self.boundary = float(boundary)
         self.model_high = self.model
         self.model_low = model_low
