@@ -47,7 +47,8 @@ from .surrogates.base import FeatureRequest, NoiseDraw, Surrogate, SurrogateErro
 __all__ = ["block_pca_maps", "pca_rgb", "resolve_blocks", "token_grid"]
 
 #: families whose timestep can be set as a fraction of the noise schedule (native ComfyUI ones end in -native)
-TIMESTEP_FAMILIES = ("cogvideox", "wan21", "svd", "opensora", "wan21-native", "svd-native", "dynamicrafter")
+TIMESTEP_FAMILIES = ("cogvideox", "wan21", "svd", "opensora", "dynamicrafter", "wan21-native", "wan22-native",
+                     "wan22-ti2v-native", "svd-native", "ltxv-native")
 
 
 def resolve_blocks(surrogate: Surrogate, blocks: str | int | Iterable[int], *, name: str = "blocks") -> list[int]:
@@ -113,7 +114,11 @@ def _spatial_factor(surrogate: Surrogate) -> int | None:
 
 
 def _patch_size(surrogate: Surrogate) -> int | None:
-    """The transformer's spatial patch size (diffusers ``config.patch_size`` or ComfyUI ``patch_size``), or None."""
+    """The transformer's spatial patch size (the adapter's ``patch_size``, diffusers ``config.patch_size`` or
+    ComfyUI ``patch_size``), or None."""
+    own = getattr(surrogate, "patch_size", None)
+    if isinstance(own, int) and own > 0:
+        return own
     den = surrogate.denoiser()
     cfg = getattr(den, "config", None)
     patch = getattr(cfg, "patch_size", None) if cfg is not None else None
@@ -138,7 +143,7 @@ def token_grid(surrogate: Surrogate, tokens: int, height: int, width: int) -> tu
             f"cannot tell the token grid of the {surrogate.family} surrogate's block outputs: layer PCA maps "
             "support convolutional blocks (B, C, h, w) and DiT blocks (B, N, C) of surrogates that expose the "
             "VAE's spatial factor and the transformer's patch size (cogvideox, wan21, svd, opensora and the native "
-            "ComfyUI Wan / SVD surrogates)"
+            "ComfyUI Wan / SVD / LTX-Video surrogates)"
         )
     stride = vae * patch
     h, w = height // stride, width // stride

@@ -97,7 +97,8 @@ class LoadSurrogateI2V(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Loads the image-to-video model the protection is optimised against (the surrogate). Connect "
-                "your ComfyUI Wan 2.1 / SVD models (model, vae, clip_vision, positive) to reuse them, or pick a "
+                "your ComfyUI Wan 2.1, Wan 2.2 A14B (both experts), SVD or LTX-Video models (model, vae, clip_vision, "
+                "positive, model_2) to reuse them, or pick a "
                 "diffusers-format folder (CogVideoX-5B-I2V, Wan 2.1 I2V, SVD), an Open-Sora 1.2 folder "
                 "(OpenSora-STDiT-v3 + OpenSora-VAE-v1.2 subfolders) or a DynamiCrafter folder converted with "
                 "'anti-i2v convert-dynamicrafter' from models/diffusers."
@@ -120,12 +121,17 @@ class LoadSurrogateI2V(io.ComfyNode):
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute denoiser blocks during backward: less memory, slower."),
                 io.Model.Input("model", optional=True,
-                               tooltip="Optional: your ComfyUI I2V model (Wan 2.1 I2V or SVD) to protect against."),
+                               tooltip="Optional: your ComfyUI I2V model (Wan 2.1 I2V, Wan 2.2 A14B high-noise, SVD "
+                                       "or LTX-Video) to protect against."),
                 io.Vae.Input("vae", optional=True, tooltip="Optional: the VAE that goes with 'model'."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="Optional: the CLIP vision model that goes with 'model' (Wan 2.1, SVD)."),
                 io.Conditioning.Input("positive", optional=True,
-                                      tooltip="Optional: text conditioning for 'model' (Wan 2.1); zeros when absent."),
+                                      tooltip="Optional: text conditioning for 'model' (Wan, LTX-Video); zeros when "
+                                              "absent."),
+                io.Model.Input("model_2", optional=True,
+                               tooltip="Optional, Wan 2.2 A14B I2V: the low-noise expert ('model' is then the "
+                                       "high-noise one); the protection is optimised against both."),
                 io.Boolean.Input("low_vram", default=False, optional=True,
                                  tooltip="Fit a 24 GB card: attack fewer frames (CogVideoX 9, Wan 5, SVD 6, or "
                                          "'frames' if smaller), recompute blocks in backward, and keep the blocks "
@@ -139,17 +145,21 @@ class LoadSurrogateI2V(io.ComfyNode):
 
     @classmethod
     def execute(cls, family: str, folder: str, dtype: str, frames: int, gradient_checkpointing: bool,
-                model=None, vae=None, clip_vision=None, positive=None, low_vram: bool = False) -> io.NodeOutput:
+                model=None, vae=None, clip_vision=None, positive=None, model_2=None,
+                low_vram: bool = False) -> io.NodeOutput:
         if dtype not in DTYPES:
             raise ValueError(f"{NODE_ID}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if int(frames) < 1:
             raise ValueError(f"{NODE_ID}: frames must be >= 1, got {frames}")
         with runtime.node_errors(NODE_ID), runtime.grad_enabled():
+            if model is None and model_2 is not None:
+                raise ValueError("model_2 is connected but model is not: connect the high-noise Wan 2.2 model to "
+                                 "'model' and the low-noise one to 'model_2'")
             if model is not None:
                 from .native import native_surrogate
 
                 surrogate = native_surrogate(model=model, vae=vae, clip_vision=clip_vision, positive=positive,
-                                             family=family, frames=int(frames), dtype=DTYPES[dtype])
+                                             family=family, frames=int(frames), dtype=DTYPES[dtype], model_2=model_2)
                 surrogate.gradient_checkpointing = bool(gradient_checkpointing)
                 if low_vram:  # the user's MODEL: ComfyUI's model management owns its devices, we offload nothing
                     surrogate.low_vram = LowVram(offload_unused=False)

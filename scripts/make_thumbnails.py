@@ -34,6 +34,12 @@ WAN_VAE = "wan_2.1_vae.safetensors"
 WAN_TEXT = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 SVD_CKPT = "svd.safetensors"
 COGVIDEOX_FOLDER = "CogVideoX-5b-I2V"
+LTXV_CKPT = "ltx-video-2b-v0.9.5.safetensors"
+WAN22_HIGH = "wan2.2_i2v_high_noise_14B_fp16.safetensors"
+WAN22_LOW = "wan2.2_i2v_low_noise_14B_fp16.safetensors"
+WAN22_5B = "wan2.2_ti2v_5B_fp16.safetensors"
+WAN22_VAE = "wan2.2_vae.safetensors"
+LTXV_TEXT = "t5xxl_fp16.safetensors"
 
 #: placeholder model files (relative to models/) so the combo widgets list the names the presets use
 PLACEHOLDERS = [
@@ -41,6 +47,12 @@ PLACEHOLDERS = [
     f"vae/{WAN_VAE}",
     f"text_encoders/{WAN_TEXT}",
     f"checkpoints/{SVD_CKPT}",
+    f"checkpoints/{LTXV_CKPT}",
+    f"diffusion_models/{WAN22_HIGH}",
+    f"diffusion_models/{WAN22_LOW}",
+    f"diffusion_models/{WAN22_5B}",
+    f"vae/{WAN22_VAE}",
+    f"text_encoders/{LTXV_TEXT}",
     f"diffusers/{COGVIDEOX_FOLDER}/model_index.json",
 ]
 
@@ -193,6 +205,170 @@ def preset_svd() -> tuple[dict, dict, str]:
     return g, layout, note
 
 
+def _wan22_branch(prefix: str, ids: dict, *, high, low, cond, vae) -> dict:
+    """The two experts as ComfyUI's Wan 2.2 14B I2V graphs chain them: KSamplerAdvanced with the high-noise model
+    for steps 0-10 of 20 (noise left in), then with the low-noise model for 10-20; VAEDecode; video save."""
+    common = {"noise_seed": 42, "steps": 20, "cfg": 3.5, "sampler_name": "euler", "scheduler": "simple",
+              "positive": [cond, 0], "negative": [cond, 1]}
+    k1, k2, d, s = ids["k1"], ids["k2"], ids["d"], ids["s"]
+    return {
+        k1: _n("KSamplerAdvanced", "High-noise expert (steps 0-10)", model=high, add_noise="enable",
+               latent_image=[cond, 2], start_at_step=0, end_at_step=10, return_with_leftover_noise="enable",
+               **common),
+        k2: _n("KSamplerAdvanced", "Low-noise expert (steps 10-20)", model=low, add_noise="disable",
+               latent_image=[k1, 0], start_at_step=10, end_at_step=10000, return_with_leftover_noise="disable",
+               **common),
+        d: _n("VAEDecode", samples=[k2, 0], vae=vae),
+        s: _n("SaveAnimatedWEBP", f"Save {prefix} video", images=[d, 0], filename_prefix=f"anti_i2v/{prefix}",
+              fps=16.0, lossless=False, quality=90, method="default"),
+    }
+
+
+def preset_wan22() -> tuple[dict, dict, str]:
+    i2v = {"width": 832, "height": 480, "length": 81, "batch_size": 1}
+    g = {
+        "1": _n("LoadImage", "Photo to protect", image="example.png"),
+        "2": _n("UNETLoader", "High-noise expert", unet_name=WAN22_HIGH, weight_dtype="default"),
+        "3": _n("ModelSamplingSD3", model=["2", 0], shift=8.0),
+        "22": _n("UNETLoader", "Low-noise expert", unet_name=WAN22_LOW, weight_dtype="default"),
+        "23": _n("ModelSamplingSD3", model=["22", 0], shift=8.0),
+        "4": _n("VAELoader", vae_name=WAN_VAE),
+        "5": _n("CLIPLoader", clip_name=WAN_TEXT, type="wan", device="default"),
+        "6": _n("CLIPTextEncode", "Positive prompt", clip=["5", 0],
+                text="a person looks at the camera and talks, natural head and hand motion"),
+        "7": _n("CLIPTextEncode", "Negative prompt", clip=["5", 0],
+                text="blurry, static, low quality, deformed, watermark, subtitles"),
+        "8": _n("AntiI2V_LoadSurrogateI2V", family="auto", folder="(none)", dtype="bfloat16", frames=9,
+                gradient_checkpointing=False, model=["3", 0], model_2=["23", 0], vae=["4", 0], positive=["6", 0]),
+        "9": _dsp(),
+        "10": _n("AntiI2V_IRALoss", blocks="26", vae_layers="14,15", weight=1.0),
+        "11": _n("AntiI2V_IRCLoss", pairs="3:26", weight=1.0, losses=["10", 0]),
+        "12": _loop(["1", 0], ["8", 0], ["9", 0], ["11", 0]),
+        "13": _n("SaveImage", "Save protected photo", images=["12", 0], filename_prefix="anti_i2v/protected"),
+        "14": _n("WanImageToVideo", "Wan I2V (protected)", positive=["6", 0], negative=["7", 0], vae=["4", 0],
+                 start_image=["12", 0], **i2v),
+        **_wan22_branch("wan22_protected", {"k1": "15", "k2": "24", "d": "16", "s": "17"}, high=["3", 0],
+                        low=["23", 0], cond="14", vae=["4", 0]),
+        "18": _n("WanImageToVideo", "Wan I2V (clean)", positive=["6", 0], negative=["7", 0], vae=["4", 0],
+                 start_image=["1", 0], **i2v),
+        **_wan22_branch("wan22_clean", {"k1": "19", "k2": "25", "d": "20", "s": "21"}, high=["3", 0],
+                        low=["23", 0], cond="18", vae=["4", 0]),
+    }
+    layout = {"2": (20, 80), "3": (20, 220), "22": (20, 340), "23": (20, 480), "4": (20, 600), "5": (20, 720),
+              "1": (20, 860), "6": (400, 560), "7": (400, 820), "8": (400, 80), "9": (820, 80), "10": (820, 380),
+              "11": (820, 620), "12": (1200, 80), "13": (1620, 80), "14": (1620, 420), "15": (1960, 420),
+              "24": (2320, 420), "16": (2680, 420), "17": (2920, 420), "18": (1620, 1100), "19": (1960, 1100),
+              "25": (2320, 1100), "20": (2680, 1100), "21": (2920, 1100)}
+    note = (
+        "## Protect a photo against your Wan 2.2 A14B I2V models (Anti-I2V)\n\n"
+        "Wan 2.2 A14B samples with two experts: the **high-noise** model for the first steps, the **low-noise** "
+        "model for the rest. Connect both to the surrogate (`model` = high noise, `model_2` = low noise): each "
+        "protection step attacks the expert its noise level belongs to (high noise above sigma 0.9, Wan 2.2's "
+        "switch), so one run protects against both. Blocks 3 / 26 of the 40 match the paper's 3 / 27 of 42.\n\n"
+        "The bottom row generates the video from the **clean** photo, the row above from the **protected** photo, "
+        "with the same two-sampler chain (steps 0-10 high noise, 10-20 low noise)."
+    )
+    return g, layout, note
+
+
+def preset_wan22_ti2v() -> tuple[dict, dict, str]:
+    sampler = {"steps": 20, "cfg": 5.0, "sampler_name": "uni_pc", "scheduler": "simple", "seed": 42, "denoise": 1.0}
+    i2v = {"width": 1280, "height": 704, "length": 121, "batch_size": 1}
+
+    def branch(prefix: str, image: list, ids: tuple[str, str, str, str]) -> dict:
+        lat, k, d, s = ids
+        return {
+            lat: _n("Wan22ImageToVideoLatent", f"Wan 2.2 TI2V latent ({prefix})", vae=["4", 0], start_image=image,
+                    **i2v),
+            k: _n("KSampler", model=["3", 0], positive=["6", 0], negative=["7", 0], latent_image=[lat, 0],
+                  **sampler),
+            d: _n("VAEDecode", samples=[k, 0], vae=["4", 0]),
+            s: _n("SaveAnimatedWEBP", f"Save wan22_ti2v_{prefix} video", images=[d, 0],
+                  filename_prefix=f"anti_i2v/wan22_ti2v_{prefix}", fps=24.0, lossless=False, quality=90,
+                  method="default"),
+        }
+
+    g = {
+        "1": _n("LoadImage", "Photo to protect", image="example.png"),
+        "2": _n("UNETLoader", unet_name=WAN22_5B, weight_dtype="default"),
+        "3": _n("ModelSamplingSD3", model=["2", 0], shift=8.0),
+        "4": _n("VAELoader", vae_name=WAN22_VAE),
+        "5": _n("CLIPLoader", clip_name=WAN_TEXT, type="wan", device="default"),
+        "6": _n("CLIPTextEncode", "Positive prompt", clip=["5", 0],
+                text="a person looks at the camera and talks, natural head and hand motion"),
+        "7": _n("CLIPTextEncode", "Negative prompt", clip=["5", 0],
+                text="blurry, static, low quality, deformed, watermark, subtitles"),
+        "8": _n("AntiI2V_LoadSurrogateI2V", family="auto", folder="(none)", dtype="bfloat16", frames=9,
+                gradient_checkpointing=False, model=["3", 0], vae=["4", 0], positive=["6", 0]),
+        "9": _dsp(),
+        "10": _n("AntiI2V_IRALoss", blocks="19", vae_layers="7,8", weight=1.0),
+        "11": _n("AntiI2V_IRCLoss", pairs="2:19", weight=1.0, losses=["10", 0]),
+        "12": _loop(["1", 0], ["8", 0], ["9", 0], ["11", 0]),
+        "13": _n("SaveImage", "Save protected photo", images=["12", 0], filename_prefix="anti_i2v/protected"),
+        **branch("protected", ["12", 0], ("14", "15", "16", "17")),
+        **branch("clean", ["1", 0], ("18", "19", "20", "21")),
+    }
+    layout = {"2": (20, 80), "3": (20, 220), "4": (20, 340), "5": (20, 460), "6": (400, 460), "7": (400, 720),
+              "1": (20, 640), "8": (400, 80), "9": (820, 80), "10": (820, 380), "11": (820, 620),
+              "12": (1200, 80), "13": (1620, 80), "14": (1620, 420), "15": (1960, 420), "16": (2320, 420),
+              "17": (2560, 420), "18": (1620, 1000), "19": (1960, 1000), "20": (2320, 1000), "21": (2560, 1000)}
+    note = (
+        "## Protect a photo against your Wan 2.2 TI2V-5B model (Anti-I2V)\n\n"
+        "The surrogate is **your own** Wan 2.2 TI2V-5B (`wan2.2_ti2v_5B_fp16.safetensors`, `wan2.2_vae.safetensors`). "
+        "Like **Wan22ImageToVideoLatent**, it writes the photo's latent into the first latent frame and gives that "
+        "frame timestep 0. Blocks 2 / 19 of the 30 match the paper's 3 / 27 of 42; VAE layers 7,8 are the last two "
+        "encoder layers.\n\n"
+        "Bottom row: video from the **clean** photo; row above: from the **protected** photo."
+    )
+    return g, layout, note
+
+
+def preset_ltxv() -> tuple[dict, dict, str]:
+    sampler = {"steps": 30, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple"}
+    i2v = {"width": 768, "height": 512, "length": 97, "batch_size": 1, "strength": 1.0}
+    g = {
+        "1": _n("LoadImage", "Photo to protect", image="example.png"),
+        "2": _n("CheckpointLoaderSimple", ckpt_name=LTXV_CKPT),
+        "3": _n("CLIPLoader", clip_name=LTXV_TEXT, type="ltxv", device="default"),
+        "4": _n("CLIPTextEncode", "Positive prompt", clip=["3", 0],
+                text="a person looks at the camera and talks, natural head and hand motion"),
+        "5": _n("CLIPTextEncode", "Negative prompt", clip=["3", 0],
+                text="blurry, static, low quality, deformed, watermark, subtitles"),
+        "6": _n("LTXVConditioning", positive=["4", 0], negative=["5", 0], frame_rate=25.0),
+        "7": _n("AntiI2V_LoadSurrogateI2V", family="auto", folder="(none)", dtype="bfloat16", frames=9,
+                gradient_checkpointing=False, model=["2", 0], vae=["2", 2], positive=["6", 0]),
+        "8": _dsp(),
+        "9": _n("AntiI2V_IRALoss", blocks="18", vae_layers="9,10", weight=1.0),
+        "10": _n("AntiI2V_IRCLoss", pairs="2:18", weight=1.0, losses=["9", 0]),
+        "11": _loop(["1", 0], ["7", 0], ["8", 0], ["10", 0]),
+        "12": _n("SaveImage", "Save protected photo", images=["11", 0], filename_prefix="anti_i2v/protected"),
+        # protected photo -> LTX-Video
+        "13": _n("LTXVImgToVideo", "LTX-Video I2V (protected)", positive=["6", 0], negative=["6", 1], vae=["2", 2],
+                 image=["11", 0], **i2v),
+        **_video_branch("ltxv_protected", {"k": "14", "d": "15", "s": "16"}, model=["2", 0], cond="13",
+                        latent_of="13", vae=["2", 2], sampler=sampler, fps=25.0),
+        # clean photo -> LTX-Video (the comparison)
+        "17": _n("LTXVImgToVideo", "LTX-Video I2V (clean)", positive=["6", 0], negative=["6", 1], vae=["2", 2],
+                 image=["1", 0], **i2v),
+        **_video_branch("ltxv_clean", {"k": "18", "d": "19", "s": "20"}, model=["2", 0], cond="17",
+                        latent_of="17", vae=["2", 2], sampler=sampler, fps=25.0),
+    }
+    layout = {"2": (20, 80), "3": (20, 260), "4": (400, 460), "5": (400, 720), "6": (20, 400), "1": (20, 640),
+              "7": (400, 80), "8": (820, 80), "9": (820, 380), "10": (820, 620), "11": (1200, 80),
+              "12": (1620, 80), "13": (1620, 420), "14": (1960, 420), "15": (2320, 420), "16": (2560, 420),
+              "17": (1620, 1000), "18": (1960, 1000), "19": (2320, 1000), "20": (2560, 1000)}
+    note = (
+        "## Protect a photo against your LTX-Video model (Anti-I2V)\n\n"
+        "The surrogate is **your own** LTX-Video checkpoint (`ltx-video-2b-v0.9.5.safetensors` in "
+        "`models/checkpoints`, T5-XXL in `models/text_encoders`). Like **LTXVImgToVideo**, it writes the photo's "
+        "latent into the first latent frame and gives those tokens timestep 0. Blocks 2 / 18 of the 28 of LTX-Video "
+        "2B match the paper's 3 / 27 of 42; VAE layers 9,10 are the last two encoder layers of the 0.9.5 VAE "
+        "(use **Layer PCA Maps** to list and pick layers of other versions).\n\n"
+        "Bottom row: video from the **clean** photo; row above: from the **protected** photo."
+    )
+    return g, layout, note
+
+
 def preset_batch() -> tuple[dict, dict, str]:
     g = {
         "1": _n("LoadImage", "Photo 1", image="example.png"),
@@ -225,6 +401,9 @@ PRESETS = {
     "protect_cogvideox_preview": preset_cogvideox,
     "protect_wan21_native": preset_wan21,
     "protect_svd_native": preset_svd,
+    "protect_wan22_native": preset_wan22,
+    "protect_wan22_ti2v_native": preset_wan22_ti2v,
+    "protect_ltxv_native": preset_ltxv,
     "protect_batch": preset_batch,
 }
 
@@ -234,6 +413,14 @@ GROUPS = {
                              ("Clean photo -> Wan 2.1 video (comparison)", ["18", "19", "20", "21"], "#593930")],
     "protect_svd_native": [("Protected photo -> SVD video", ["10", "11", "12", "13"], "#3f5159"),
                            ("Clean photo -> SVD video (comparison)", ["14", "15", "16", "17"], "#593930")],
+    "protect_wan22_native": [("Protected photo -> Wan 2.2 video", ["14", "15", "24", "16", "17"], "#3f5159"),
+                             ("Clean photo -> Wan 2.2 video (comparison)", ["18", "19", "25", "20", "21"],
+                              "#593930")],
+    "protect_wan22_ti2v_native": [("Protected photo -> Wan 2.2 TI2V video", ["14", "15", "16", "17"], "#3f5159"),
+                                  ("Clean photo -> Wan 2.2 TI2V video (comparison)", ["18", "19", "20", "21"],
+                                   "#593930")],
+    "protect_ltxv_native": [("Protected photo -> LTX-Video", ["13", "14", "15", "16"], "#3f5159"),
+                            ("Clean photo -> LTX-Video (comparison)", ["17", "18", "19", "20"], "#593930")],
 }
 
 _BUILD_JS = r"""

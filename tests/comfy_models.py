@@ -76,16 +76,31 @@ __all__ = [
     "SVD_FILE",
     "SVD_UNET_CONFIG",
     "ensure_comfy_path",
+    "load_native",
     "random_state_dict",
     "write_tiny_wan21_i2v",
     "write_tiny_wan_t2v",
     "write_tiny_wan_vae",
+    "WAN22_HIGH_FILE",
+    "WAN22_LOW_FILE",
+    "write_tiny_wan22_i2v",
     "tiny_clip_vision",
     "tiny_svd",
     "svd_checkpoint_state_dict",
     "write_svd_checkpoint",
     "cached_svd_checkpoint",
     "install_svd_checkpoint",
+    "LTXV_FILE",
+    "LTXV_CONFIG",
+    "ltxv_checkpoint_state_dict",
+    "write_tiny_ltxv_checkpoint",
+    "load_checkpoint",
+    "load_vae",
+    "WAN22_5B_FILE",
+    "WAN22_VAE_FILE",
+    "write_tiny_wan22_ti2v",
+    "cached_wan22_vae",
+    "install_wan22_vae",
 ]
 
 
@@ -100,6 +115,27 @@ def ensure_comfy_path() -> Path:
 
         comfy.cli_args.args.cpu = True  # as `main.py --cpu`: this test machine has no GPU
     return COMFY_DIR
+
+
+def load_native(name: str = "anti_i2v_nodes_native"):
+    """The ``nodes/native`` package loaded by path as ``name`` (independent of ``nodes/__init__.py``, which
+    needs ComfyUI's node API); its modules import each other relatively. ComfyUI goes on the path first."""
+    import importlib.util
+
+    ensure_comfy_path()
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = REPO_ROOT / "nodes" / "native"
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return mod
 
 
 def random_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
@@ -122,13 +158,13 @@ def random_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Ten
     return out
 
 
-def _wan_model(model_type: str, in_dim: int) -> torch.nn.Module:
+def _wan_model(model_type: str, in_dim: int, out_dim: int = 16) -> torch.nn.Module:
     ensure_comfy_path()
     import comfy.ops
     from comfy.ldm.wan.model import WanModel
 
     return WanModel(model_type=model_type, in_dim=in_dim, dim=128, ffn_dim=256, num_heads=1, num_layers=2,
-                    out_dim=16, text_dim=4096, operations=comfy.ops.disable_weight_init)
+                    out_dim=out_dim, text_dim=4096, operations=comfy.ops.disable_weight_init)
 
 
 def _save(sd: dict[str, torch.Tensor], path: Path, dtype: torch.dtype) -> Path:
@@ -149,6 +185,18 @@ def write_tiny_wan21_i2v(folder: str | Path, *, seed: int = 0, name: str = WAN_I
 def write_tiny_wan_t2v(folder: str | Path, *, seed: int = 0, name: str = WAN_T2V_FILE) -> Path:
     """Write a tiny Wan 2.1 text-to-video diffusion model (16 input channels) as ``folder/name``."""
     m = _wan_model("t2v", 16)
+    return _save(random_state_dict(m, seed), Path(folder) / name, torch.bfloat16)
+
+
+WAN22_HIGH_FILE = "wan2.2_i2v_high_noise_14B_fp16.safetensors"
+WAN22_LOW_FILE = "wan2.2_i2v_low_noise_14B_fp16.safetensors"
+
+
+def write_tiny_wan22_i2v(folder: str | Path, *, seed: int = 0, name: str = WAN22_HIGH_FILE) -> Path:
+    """Write a tiny Wan 2.2 A14B I2V expert: Wan 2.1 I2V's layout (36 input channels) without ``img_emb``, which
+    ComfyUI detects as a ``WAN21`` model; write one per expert (``WAN22_HIGH_FILE`` / ``WAN22_LOW_FILE``, other
+    seeds)."""
+    m = _wan_model("t2v", 36)
     return _save(random_state_dict(m, seed), Path(folder) / name, torch.bfloat16)
 
 
@@ -381,6 +429,148 @@ def install_svd_checkpoint(models_dir: str | Path, *, seed: int = 0, name: str =
     """Put the cached random SVD checkpoint at ``models_dir/checkpoints/name`` (hard link, else a copy)."""
     src = cached_svd_checkpoint(seed=seed)
     dst = Path(models_dir) / "checkpoints" / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst
+
+
+# ---------------------------------------------------------------------------------------- LTX-Video
+LTXV_FILE = "ltx-video-2b-v0.9.5.safetensors"
+#: the ``config`` metadata of :func:`write_tiny_ltxv_checkpoint`, in the layout of the real LTX-Video files
+#: (``{"transformer": ..., "vae": ...}``; ``model_detection`` and ``comfy.sd.VAE`` read both from it). The VAE
+#: keeps the real compression (patch 4 x three 2x2x2 steps = 32 in space, 8 in time, 128 latent channels;
+#: ``Encoder`` fixes 128 base channels); one residual block on each side.
+LTXV_CONFIG = {
+    "transformer": {"num_attention_heads": 2, "attention_head_dim": 32, "num_layers": 2},
+    "vae": {
+        "_class_name": "CausalVideoAutoencoder", "dims": 3, "in_channels": 3, "out_channels": 3,
+        "latent_channels": 128, "patch_size": 4, "norm_layer": "pixel_norm", "latent_log_var": "uniform",
+        "use_quant_conv": False, "causal_decoder": False, "timestep_conditioning": False, "scaling_factor": 1.0,
+        "encoder_blocks": [["res_x", {"num_layers": 1}], ["compress_all", {}], ["compress_all", {}],
+                           ["compress_all", {}]],
+        # reversed by the decoder: up_blocks.0 is the residual block (comfy.sd.VAE detects LTXV by its key)
+        "decoder_blocks": [["compress_all", {"residual": True, "multiplier": 1}],
+                           ["compress_all", {"residual": True, "multiplier": 1}],
+                           ["compress_all", {"residual": True, "multiplier": 1}],
+                           ["res_x", {"num_layers": 1, "inject_noise": False}]],
+    },
+}
+
+
+def ltxv_checkpoint_state_dict(*, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights for ``comfy.ldm.lightricks.model.LTXVModel`` (inner width 64, two blocks, 4096-wide caption
+    projection as T5-XXL gives) under ``model.diffusion_model.`` and the tiny ``VideoVAE`` of :data:`LTXV_CONFIG`
+    under ``vae.``, as in a real LTX-Video checkpoint. Latent statistics: mean 0, std 1."""
+    ensure_comfy_path()
+    import comfy.ops
+    from comfy.ldm.lightricks.model import LTXVModel
+    from comfy.ldm.lightricks.vae.causal_video_autoencoder import VideoVAE
+
+    tcfg = LTXV_CONFIG["transformer"]
+    dit = LTXVModel(in_channels=128, cross_attention_dim=tcfg["num_attention_heads"] * tcfg["attention_head_dim"],
+                    attention_head_dim=tcfg["attention_head_dim"], num_attention_heads=tcfg["num_attention_heads"],
+                    caption_channels=4096, num_layers=tcfg["num_layers"], operations=comfy.ops.disable_weight_init)
+    vae = VideoVAE(config=LTXV_CONFIG["vae"])
+    sd = {f"model.diffusion_model.{k}": v for k, v in random_state_dict(dit, seed).items()}
+    vsd = random_state_dict(vae, seed + 1)
+    for k in vsd:
+        if k.startswith("per_channel_statistics.") and "mean" in k.split(".")[-1] and "std" not in k:
+            vsd[k] = torch.zeros_like(vsd[k])
+    sd.update({f"vae.{k}": v for k, v in vsd.items()})
+    return sd
+
+
+def write_tiny_ltxv_checkpoint(folder: str | Path, *, seed: int = 0, name: str = LTXV_FILE) -> Path:
+    """Write a tiny LTX-Video checkpoint (bf16, about 35 MB) that CheckpointLoaderSimple loads as ``LTXV``."""
+    from safetensors.torch import save_file
+
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in ltxv_checkpoint_state_dict(seed=seed).items()}
+    save_file(sd, str(path), metadata={"config": json.dumps(LTXV_CONFIG)})
+    return path
+
+
+def load_checkpoint(path: str | Path):
+    """``comfy.sd.load_checkpoint_guess_config`` as CheckpointLoaderSimple calls it, in inference mode:
+    ``(MODEL, CLIP or None, VAE)``."""
+    ensure_comfy_path()
+    import comfy.sd
+
+    with torch.inference_mode():
+        out = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
+    return out[:3]
+
+
+def load_vae(path: str | Path):
+    """``comfy.sd.VAE(sd=load_torch_file(path))`` as VAELoader calls it, in inference mode."""
+    ensure_comfy_path()
+    import comfy.sd
+    import comfy.utils
+
+    with torch.inference_mode():
+        return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
+
+
+# ---------------------------------------------------------------------------------------- Wan 2.2 TI2V-5B
+WAN22_5B_FILE = "wan2.2_ti2v_5B_fp16.safetensors"
+WAN22_VAE_FILE = "wan2.2_vae.safetensors"
+#: bump when the recipe of :func:`write_wan22_vae` changes (invalidates the cache)
+WAN22_VAE_VERSION = 1
+
+
+def write_tiny_wan22_ti2v(folder: str | Path, *, seed: int = 0, name: str = WAN22_5B_FILE) -> Path:
+    """Write a tiny Wan 2.2 TI2V-5B diffusion model: 48 latent channels in and out, which ComfyUI detects as
+    ``WAN22_T2V`` (``comfy.model_base.WAN22``) from ``head.head``'s width alone."""
+    m = _wan_model("t2v", 48, out_dim=48)
+    return _save(random_state_dict(m, seed), Path(folder) / name, torch.bfloat16)
+
+
+def _wan22_vae_meta() -> torch.nn.Module:
+    """The Wan 2.2 VAE as ``comfy.sd.VAE`` builds it (``dim`` 160 is fixed there: it cannot be made smaller)."""
+    ensure_comfy_path()
+    from comfy.ldm.wan.vae2_2 import WanVAE
+
+    with torch.device("meta"):
+        return WanVAE(dim=160, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                      temperal_downsample=[False, True, True], dropout=0.0)
+
+
+def cached_wan22_vae(*, seed: int = 0) -> Path:
+    """A random-weight ``wan2.2_vae.safetensors`` (705 M parameters, fp16, 1.4 GB) that VAELoader detects as the
+    Wan 2.2 VAE, written once per recipe and ComfyUI layout into ``.cache/anti_i2v_tests`` (never committed)."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    meta = _wan22_vae_meta()
+    h = hashlib.sha256(f"v{WAN22_VAE_VERSION} seed{seed}".encode())
+    for k, v in meta.state_dict().items():
+        h.update(f"{k}:{tuple(v.shape)};".encode())
+    path = SVD_CACHE_DIR / f"wan22-vae-random-{h.hexdigest()[:12]}.safetensors"
+    if path.is_file():
+        return path
+    for old in SVD_CACHE_DIR.glob("wan22-vae-random-*.safetensors"):
+        old.unlink(missing_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: _uniform_fp16(v.shape, k, g) for k, v in meta.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    save_file(sd, str(tmp))
+    del sd
+    os.replace(tmp, path)
+    return path
+
+
+def install_wan22_vae(models_dir: str | Path, *, seed: int = 0, name: str = WAN22_VAE_FILE) -> Path:
+    """Put the cached random Wan 2.2 VAE at ``models_dir/vae/name`` (hard link, else a copy)."""
+    src = cached_wan22_vae(seed=seed)
+    dst = Path(models_dir) / "vae" / name
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists() or dst.is_symlink():
         dst.unlink()

@@ -6,6 +6,13 @@ random-weight models under the file names the presets use:
 * ``models/diffusers/CogVideoX-5b-I2V``: a tiny diffusers CogVideoX-I2V (the adapter's ``save_tiny``);
 * ``models/diffusion_models/wan2.1_i2v_480p_14B_bf16.safetensors`` and ``models/vae/wan_2.1_vae.safetensors``:
   tiny native Wan 2.1 files (``tests/comfy_models.py``), loaded by the preset's own UNETLoader / VAELoader;
+* ``models/diffusion_models/wan2.2_i2v_{high,low}_noise_14B_fp16.safetensors``: two tiny Wan 2.2 A14B I2V experts
+  (``tests/comfy_models.py``), loaded by the preset's own UNETLoaders; the two KSamplerAdvanced keep their chain
+  (steps 0-2 high noise, 2-4 low noise);
+* ``models/diffusion_models/wan2.2_ti2v_5B_fp16.safetensors`` and ``models/vae/wan2.2_vae.safetensors``: a tiny
+  TI2V-5B and a random real-size Wan 2.2 VAE (ComfyUI fixes its width; its preset runs at 32x32);
+* ``models/checkpoints/ltx-video-2b-v0.9.5.safetensors``: a tiny LTX-Video checkpoint in the real layout
+  (``tests/comfy_models.py``), loaded by the preset's own CheckpointLoaderSimple;
 * ``models/checkpoints/svd.safetensors``: a random-weight SVD checkpoint (``tests/comfy_models.py``: the
   smallest U-Net ComfyUI still detects as ``SVD_img2vid``, the SD temporal VAE and a ViT-H vision tower),
   loaded by the preset's own ImageOnlyCheckpointLoader.
@@ -19,8 +26,8 @@ ProtectLoop node in the page after the run: the chart must have received every p
 
 What the run changes in the converted prompt, on purpose (the graph itself runs as shipped):
 
-* CLIPLoader + CLIPTextEncode become ``AntiI2VTest_ZeroConditioning`` (width 4096): the umT5-XXL text encoder
-  cannot be made tiny;
+* CLIPLoader + CLIPTextEncode become ``AntiI2VTest_ZeroConditioning`` (width 4096; with an all-ones attention
+  mask in the LTX-Video preset, as T5 gives): the umT5-XXL / T5-XXL text encoders cannot be made tiny;
 * sizes, frame counts and step counts go down to seconds on CPU (64x64 pixels, 2 steps, 5 attacked frames);
 * for the CogVideoX and Wan presets, dtype float32 and layer indices the 2-block tiny models have (instead of
   the real models' 27 / 26 ...). The SVD checkpoint keeps SVD's real 25-block U-Net and SD VAE, so the SVD
@@ -43,7 +50,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
-PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_batch"]
+PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_wan22_native",
+           "protect_wan22_ti2v_native", "protect_ltxv_native", "protect_batch"]
 EXTENSION = "AntiI2V.LossChart"
 LOOP = "AntiI2V_ProtectLoop"
 
@@ -95,13 +103,15 @@ def _tiny(prompt: dict, *, shipped_layers: bool = False) -> dict:
     ``shipped_layers``: keep the preset's layer indices and dtype (its models have the real block layout).
     """
     out = {}
+    ltxv = any(n["class_type"] == "LTXVImgToVideo" for n in prompt.values())
     for nid, node in prompt.items():
         node = json.loads(json.dumps(node))
         ct, inp = node["class_type"], node["inputs"]
         if ct == "CLIPLoader":
             continue
-        if ct == "CLIPTextEncode":
-            node = {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 8}}
+        if ct == "CLIPTextEncode":  # T5 for LTX-Video gives an attention mask, which its model requires
+            node = {"class_type": "AntiI2VTest_ZeroConditioning",
+                    "inputs": {"width": 4096, "tokens": 8, **({"attention_mask": True} if ltxv else {})}}
         elif ct == "AntiI2V_LoadSurrogateI2V":
             inp["frames"] = 5
             if not shipped_layers:
@@ -116,10 +126,16 @@ def _tiny(prompt: dict, *, shipped_layers: bool = False) -> dict:
             inp.update(steps=2)
         elif ct == "WanImageToVideo":
             inp.update(width=64, height=64, length=5)
+        elif ct == "LTXVImgToVideo":
+            inp.update(width=64, height=64, length=9)
+        elif ct == "Wan22ImageToVideoLatent":  # the real-size Wan 2.2 VAE decodes in seconds at 32x32
+            inp.update(width=32, height=32, length=5)
         elif ct == "SVD_img2vid_Conditioning":
             inp.update(width=64, height=64, video_frames=2)
         elif ct == "KSampler":
             inp.update(steps=2)
+        elif ct == "KSamplerAdvanced":  # the Wan 2.2 chain: first expert steps 0-2, second 2-4
+            inp.update(steps=4, **({"end_at_step": 2} if inp["start_at_step"] == 0 else {"start_at_step": 2}))
         out[nid] = node
     for nid, node in out.items():  # nothing may still point at a removed node
         for k, v in node["inputs"].items():
@@ -147,6 +163,11 @@ def stack(tmp_path_factory):
     comfy_models.write_tiny_wan21_i2v(server.models_dir / "diffusion_models")
     comfy_models.write_tiny_wan_vae(server.models_dir / "vae")
     comfy_models.install_svd_checkpoint(server.models_dir)  # 1.9 GB, written once into .cache/anti_i2v_tests
+    comfy_models.write_tiny_ltxv_checkpoint(server.models_dir / "checkpoints")
+    comfy_models.write_tiny_wan22_ti2v(server.models_dir / "diffusion_models")
+    comfy_models.install_wan22_vae(server.models_dir)  # 1.4 GB, written once into .cache/anti_i2v_tests
+    comfy_models.write_tiny_wan22_i2v(server.models_dir / "diffusion_models", seed=0)
+    comfy_models.write_tiny_wan22_i2v(server.models_dir / "diffusion_models", seed=5, name=comfy_models.WAN22_LOW_FILE)
     Image.fromarray(skdata.astronaut()).resize((64, 64)).save(server.input_dir / "example.png")
     shots = Path(os.environ.get("ANTI_I2V_SCREENSHOTS") or base / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
@@ -212,11 +233,12 @@ def test_preset_loads_converts_and_runs(stack, name):
     assert {v["class_type"] for v in prompt.values()} == real, f"{name}: graphToPrompt lost or added nodes"
     # API prompts list every required input: spot-check the pack's widgets came through with their values
     loop = next(v for v in prompt.values() if v["class_type"] == LOOP)
-    assert loop["inputs"]["steps"] == 200 and loop["inputs"]["optimizer"] == "sign"
     # the Python converter the demo uses gives the frontend's prompt for the shipped preset
     from scripts.comfy_workflow import ui_to_api
 
     shipped = json.loads((REPO / "workflows" / f"{name}.json").read_text())
+    shipped_loop = next(n for n in shipped["nodes"] if n["type"] == LOOP)
+    assert loop["inputs"]["steps"] == 200 and loop["inputs"]["optimizer"] == shipped_loop["widgets_values"][3]
     info = server.object_info()
     mine = ui_to_api(shipped, info)
 
@@ -236,7 +258,7 @@ def test_preset_loads_converts_and_runs(stack, name):
     assert entry["status"]["status_str"] == "success"
     saved = [p for nid, out in entry["outputs"].items() for p in server.output_files(entry, nid)]
     assert saved and all(p.is_file() and p.stat().st_size > 0 for p in saved), f"{name}: no output files"
-    if "wan21" in name or "svd" in name:  # clean and protected videos both rendered
+    if "wan2" in name or "svd" in name or "ltxv" in name:  # clean and protected videos both rendered
         webps = [p for p in saved if p.suffix == ".webp"]
         assert len(webps) == 2, f"{name}: expected 2 videos, got {webps}"
 

@@ -6,7 +6,6 @@ diffusers classes with random weights.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -279,11 +278,7 @@ def test_pca_rgb_degenerate_inputs():
 def native():
     if not (cm.COMFY_DIR / "comfy").is_dir():
         pytest.skip("ComfyUI not unpacked (scripts/setup.sh)")
-    cm.ensure_comfy_path()
-    spec = importlib.util.spec_from_file_location("anti_i2v_nodes_native", cm.REPO_ROOT / "nodes" / "native.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return cm.load_native()
 
 
 def test_native_wan_and_svd(native, tmp_path):

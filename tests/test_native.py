@@ -1,4 +1,4 @@
-"""Native surrogates from the user's ComfyUI models (nodes/native.py), in-process with the real ComfyUI.
+"""Native surrogates from the user's ComfyUI models (nodes/native/), in-process with the real ComfyUI.
 
 The tiny Wan 2.1 I2V and Wan VAE files are loaded with ``comfy.sd.load_diffusion_model`` and
 ``comfy.sd.VAE(sd=comfy.utils.load_torch_file(...))`` - exactly what UNETLoader and VAELoader call - under
@@ -12,8 +12,6 @@ be bit-identical by construction (the shared z_t, drawn from one seed) are compa
 """
 
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 import torch
@@ -30,18 +28,9 @@ pytestmark = pytest.mark.skipif(not (cm.COMFY_DIR / "comfy").is_dir(), reason="C
 SIZE = 64
 
 
-def _load_native():
-    """nodes/native.py loaded by path (it uses absolute imports only), independent of nodes/__init__.py."""
-    spec = importlib.util.spec_from_file_location("anti_i2v_nodes_native", cm.REPO_ROOT / "nodes" / "native.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def native():
-    cm.ensure_comfy_path()
-    return _load_native()
+    return cm.load_native()
 
 
 @pytest.fixture(scope="module")

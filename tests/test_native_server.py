@@ -3,6 +3,14 @@
 * Wan 2.1: UNETLoader + VAELoader load the tiny files written by tests/comfy_models.py under the real preset
   names. The test pack's ``AntiI2VTest_ZeroConditioning`` (width 4096) replaces CLIPLoader + CLIPTextEncode
   only, because the umT5-XXL text encoder cannot be made tiny.
+* LTX-Video: CheckpointLoaderSimple loads a tiny ``ltx-video-2b-v0.9.5.safetensors`` in the real layout
+  (``comfy_models.write_tiny_ltxv_checkpoint``); a zero T5 conditioning with its attention mask goes through the
+  real LTXVConditioning and LTXVImgToVideo. A Wan text-to-video MODEL connected instead is refused by name.
+* Wan 2.2 A14B I2V: two UNETLoaders load tiny high- and low-noise experts under the real file names; the graph
+  chains them with two KSamplerAdvanced as ComfyUI's Wan 2.2 graphs do, and the surrogate gets both (``model``,
+  ``model_2``); sampling before and after is bit-identical for the two-expert chain.
+* Wan 2.2 TI2V-5B: UNETLoader loads a tiny 48-channel model, VAELoader a random real-size
+  ``wan2.2_vae.safetensors`` (cached; ComfyUI fixes its width), through the real Wan22ImageToVideoLatent.
 * SVD: ImageOnlyCheckpointLoader loads ``svd.safetensors``, a random-weight checkpoint that ComfyUI detects as
   ``SVD_img2vid`` with a ViT-H ``CLIP_VISION`` and the temporal SD VAE (``comfy_models.write_svd_checkpoint``).
 
@@ -266,3 +274,235 @@ def test_svd_checkpoint_model_unchanged_by_protect(comfy_server):
     assert {"5", "8", "9", "10"} <= protect["executed"]
     _assert_unchanged_model(srv, first, again, protect, loaders={"1", "2"}, resampled={"4", "13", "14", "15"},
                             clean_ids=("16", "17"), protected_ids=("12", "18"), min_change=1.0)
+
+
+# ---------------------------------------------------------------------------------------------- LTX-Video
+def _ltxv_models() -> dict:
+    """CheckpointLoaderSimple (the tiny LTX-Video file) + a zero T5 conditioning through LTXVConditioning."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": cm.LTXV_FILE}},
+        "3": {"class_type": "AntiI2VTest_ZeroConditioning",
+              "inputs": {"width": 4096, "tokens": 16, "attention_mask": True}},
+        "2": {"class_type": "LTXVConditioning", "inputs": {"positive": ["3", 0], "negative": ["3", 0],
+                                                           "frame_rate": 25.0}},
+    }
+
+
+def _ltxv_video(prefix: str, image_ref: list, ids: tuple[str, ...]) -> dict:
+    """LTXVImgToVideo -> KSampler -> VAEDecode -> lossless WebP + latent, on ``image_ref``."""
+    i2v, ks, dec, save, keep = ids
+    out = {
+        i2v: {"class_type": "LTXVImgToVideo", "inputs": {
+            "positive": ["2", 0], "negative": ["2", 1], "vae": ["1", 2], "image": image_ref, "width": SIZE,
+            "height": SIZE, "length": 9, "batch_size": 1, "strength": 1.0}},
+        ks: {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 7, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+            "positive": [i2v, 0], "negative": [i2v, 1], "latent_image": [i2v, 2], "denoise": 1.0}},
+        dec: {"class_type": "VAEDecode", "inputs": {"samples": [ks, 0], "vae": ["1", 2]}},
+    }
+    out.update(_outputs(prefix, [dec, 0], [ks, 0], (save, keep)))
+    return out
+
+
+def _ltxv_clean(image: str) -> dict:
+    prompt = _ltxv_models()
+    prompt["4"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    prompt.update(_ltxv_video("ltxv_clean", ["4", 0], ("13", "14", "15", "16", "17")))
+    return prompt
+
+
+def _ltxv_protect(image: str, *, surrogate_model: list | None = None) -> dict:
+    prompt = _ltxv_models()
+    prompt.update({
+        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "5": {"class_type": "AntiI2V_LoadSurrogateI2V", "inputs": {
+            "family": "auto", "folder": "(none)", "dtype": "float32", "frames": 9,
+            "gradient_checkpointing": False, "model": surrogate_model or ["1", 0], "vae": ["1", 2],
+            "positive": ["2", 0]}},
+        "6": {"class_type": "AntiI2V_DSPPerturb", "inputs": {
+            "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
+        "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "5", "weight": 1.0}},
+        "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
+            "steps": 2, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
+    })
+    prompt.update(_ltxv_video("ltxv_protected", ["8", 0], ("9", "10", "11", "12", "18")))
+    return prompt
+
+
+def test_ltxv_model_unchanged_by_protect(comfy_server):
+    srv = comfy_server
+    cm.write_tiny_ltxv_checkpoint(srv.models_dir / "checkpoints")
+    photo = _photo(srv, "ltxv_unchanged.png", seed=2)
+
+    first = _run(srv, _ltxv_clean(photo))
+    protect = _run(srv, _ltxv_protect(photo))
+    again = _run(srv, _ltxv_clean(_byte_copy(srv, photo, "ltxv_unchanged_copy.png")))
+
+    assert {"5", "8", "9", "10"} <= protect["executed"]
+    _assert_unchanged_model(srv, first, again, protect, loaders={"1"}, resampled={"4", "13", "14", "15"},
+                            clean_ids=("16", "17"), protected_ids=("12", "18"), min_change=0.5)
+
+
+def test_ltxv_surrogate_refuses_a_wrong_model(comfy_server):
+    """A Wan text-to-video MODEL in the LTX graph: the surrogate node fails with the message naming it."""
+    srv = comfy_server
+    cm.write_tiny_ltxv_checkpoint(srv.models_dir / "checkpoints")
+    cm.write_tiny_wan_t2v(srv.models_dir / "diffusion_models")
+    photo = _photo(srv, "ltxv_wrong.png", seed=3)
+    prompt = _ltxv_protect(photo, surrogate_model=["20", 0])
+    prompt["20"] = {"class_type": "UNETLoader", "inputs": {"unet_name": cm.WAN_T2V_FILE, "weight_dtype": "default"}}
+    entry = srv.wait(srv.post_prompt(prompt), timeout=300)
+    assert entry["status"]["status_str"] == "error"
+    err = srv.error_of(entry)
+    assert err["node_type"] == "AntiI2V_LoadSurrogateI2V", err
+    msg = err["exception_message"]
+    assert "16 input channels" in msg and "not image-to-video" in msg and "LTX-Video" in msg, msg
+
+
+# ---------------------------------------------------------------------------------------------- Wan 2.2 A14B
+def _wan22_models() -> dict:
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": cm.WAN22_HIGH_FILE, "weight_dtype": "default"}},
+        "19": {"class_type": "UNETLoader", "inputs": {"unet_name": cm.WAN22_LOW_FILE, "weight_dtype": "default"}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": cm.WAN_VAE_FILE}},
+        "3": {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 16}},
+    }
+
+
+def _wan22_video(prefix: str, image_ref: list, ids: tuple[str, ...]) -> dict:
+    """WanImageToVideo -> KSamplerAdvanced (high noise, steps 0-2) -> KSamplerAdvanced (low noise, 2-4) ->
+    VAEDecode -> lossless WebP + latent, as ComfyUI's Wan 2.2 14B I2V graphs chain the two experts."""
+    i2v, ks, dec, save, keep, ks2 = ids
+    common = {"noise_seed": 5, "steps": 4, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+              "positive": [i2v, 0], "negative": [i2v, 1]}
+    out = {
+        i2v: {"class_type": "WanImageToVideo", "inputs": {
+            "positive": ["3", 0], "negative": ["3", 0], "vae": ["2", 0], "width": SIZE, "height": SIZE,
+            "length": LENGTH, "batch_size": 1, "start_image": image_ref}},
+        ks: {"class_type": "KSamplerAdvanced", "inputs": {
+            **common, "model": ["1", 0], "add_noise": "enable", "latent_image": [i2v, 2], "start_at_step": 0,
+            "end_at_step": 2, "return_with_leftover_noise": "enable"}},
+        ks2: {"class_type": "KSamplerAdvanced", "inputs": {
+            **common, "model": ["19", 0], "add_noise": "disable", "latent_image": [ks, 0], "start_at_step": 2,
+            "end_at_step": 10000, "return_with_leftover_noise": "disable"}},
+        dec: {"class_type": "VAEDecode", "inputs": {"samples": [ks2, 0], "vae": ["2", 0]}},
+    }
+    out.update(_outputs(prefix, [dec, 0], [ks2, 0], (save, keep)))
+    return out
+
+
+def _wan22_clean(image: str) -> dict:
+    prompt = _wan22_models()
+    prompt["4"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    prompt.update(_wan22_video("wan22_clean", ["4", 0], ("13", "14", "15", "16", "17", "20")))
+    return prompt
+
+
+def _wan22_protect(image: str) -> dict:
+    prompt = _wan22_models()
+    prompt.update({
+        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "5": {"class_type": "AntiI2V_LoadSurrogateI2V", "inputs": {
+            "family": "auto", "folder": "(none)", "dtype": "float32", "frames": 1,
+            "gradient_checkpointing": False, "model": ["1", 0], "model_2": ["19", 0], "vae": ["2", 0],
+            "positive": ["3", 0]}},
+        "6": {"class_type": "AntiI2V_DSPPerturb", "inputs": {
+            "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
+        "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "", "weight": 1.0}},
+        "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
+            "steps": 2, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
+    })
+    prompt.update(_wan22_video("wan22_protected", ["8", 0], ("9", "10", "11", "12", "18", "21")))
+    return prompt
+
+
+def test_wan22_both_experts_unchanged_by_protect(comfy_server):
+    srv = comfy_server
+    cm.write_tiny_wan22_i2v(srv.models_dir / "diffusion_models", seed=0)
+    cm.write_tiny_wan22_i2v(srv.models_dir / "diffusion_models", seed=5, name=cm.WAN22_LOW_FILE)
+    cm.write_tiny_wan_vae(srv.models_dir / "vae")
+    photo = _photo(srv, "wan22_unchanged.png", seed=4)
+
+    first = _run(srv, _wan22_clean(photo))
+    protect = _run(srv, _wan22_protect(photo))
+    again = _run(srv, _wan22_clean(_byte_copy(srv, photo, "wan22_unchanged_copy.png")))
+
+    assert {"5", "8", "9", "10", "21"} <= protect["executed"]
+    _assert_unchanged_model(srv, first, again, protect, loaders={"1", "19", "2"},
+                            resampled={"4", "13", "14", "20", "15"}, clean_ids=("16", "17"),
+                            protected_ids=("12", "18"), min_change=0.5)
+
+
+# ---------------------------------------------------------------------------------------------- Wan 2.2 TI2V-5B
+TI2V_SIZE = 32  # the real-size Wan 2.2 VAE decodes in seconds at 32x32 (one 2x2 latent)
+
+
+def _ti2v_models() -> dict:
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": cm.WAN22_5B_FILE, "weight_dtype": "default"}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": cm.WAN22_VAE_FILE}},
+        "3": {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 16}},
+    }
+
+
+def _ti2v_video(prefix: str, image_ref: list, ids: tuple[str, ...]) -> dict:
+    """Wan22ImageToVideoLatent -> KSampler -> VAEDecode -> lossless WebP + latent, on ``image_ref``."""
+    i2v, ks, dec, save, keep = ids
+    out = {
+        i2v: {"class_type": "Wan22ImageToVideoLatent", "inputs": {
+            "vae": ["2", 0], "width": TI2V_SIZE, "height": TI2V_SIZE, "length": LENGTH, "batch_size": 1,
+            "start_image": image_ref}},
+        ks: {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 9, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+            "positive": ["3", 0], "negative": ["3", 0], "latent_image": [i2v, 0], "denoise": 1.0}},
+        dec: {"class_type": "VAEDecode", "inputs": {"samples": [ks, 0], "vae": ["2", 0]}},
+    }
+    out.update(_outputs(prefix, [dec, 0], [ks, 0], (save, keep)))
+    return out
+
+
+def _ti2v_clean(image: str) -> dict:
+    prompt = _ti2v_models()
+    prompt["4"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    prompt.update(_ti2v_video("ti2v_clean", ["4", 0], ("13", "14", "15", "16", "17")))
+    return prompt
+
+
+def _ti2v_protect(image: str) -> dict:
+    prompt = _ti2v_models()
+    prompt.update({
+        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "5": {"class_type": "AntiI2V_LoadSurrogateI2V", "inputs": {
+            "family": "auto", "folder": "(none)", "dtype": "float32", "frames": LENGTH,
+            "gradient_checkpointing": False, "model": ["1", 0], "vae": ["2", 0], "positive": ["3", 0]}},
+        "6": {"class_type": "AntiI2V_DSPPerturb", "inputs": {
+            "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
+        "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "", "weight": 1.0}},
+        "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
+            "steps": 2, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
+    })
+    prompt.update(_ti2v_video("ti2v_protected", ["8", 0], ("9", "10", "11", "12", "18")))
+    return prompt
+
+
+@pytest.mark.slow
+def test_wan22_ti2v_model_unchanged_by_protect(comfy_server):
+    srv = comfy_server
+    cm.write_tiny_wan22_ti2v(srv.models_dir / "diffusion_models")
+    cm.install_wan22_vae(srv.models_dir)  # 1.4 GB, written once into .cache/anti_i2v_tests
+    g = torch.Generator().manual_seed(5)
+    photo = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(TI2V_SIZE, TI2V_SIZE),
+                                            mode="bilinear")
+    name = "ti2v_unchanged.png"
+    Image.fromarray((photo[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(srv.input_dir / name)
+
+    first = _run(srv, _ti2v_clean(name))
+    protect = _run(srv, _ti2v_protect(name))
+    again = _run(srv, _ti2v_clean(_byte_copy(srv, name, "ti2v_unchanged_copy.png")))
+
+    assert {"5", "8", "9", "10"} <= protect["executed"]
+    _assert_unchanged_model(srv, first, again, protect, loaders={"1", "2"}, resampled={"4", "13", "14", "15"},
+                            clean_ids=("16", "17"), protected_ids=("12", "18"), min_change=0.5)

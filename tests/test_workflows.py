@@ -22,14 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
 DOCS = ROOT / "js" / "docs"
 COMFY_DIR = ROOT / ".cache" / "comfyui"
-PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_batch"]
+PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_wan22_native",
+           "protect_wan22_ti2v_native", "protect_ltxv_native", "protect_batch"]
 
 #: core ComfyUI 0.3.75 node types the presets may use (checked against ComfyUI's sources below)
 CORE_NODES = {
     "LoadImage", "SaveImage", "PreviewImage", "PreviewAny", "ImageBatch", "UNETLoader", "VAELoader",
     "CLIPLoader", "CLIPTextEncode", "CLIPVisionLoader", "CLIPVisionEncode", "ModelSamplingSD3",
     "WanImageToVideo", "KSampler", "VAEDecode", "SaveAnimatedWEBP", "ImageOnlyCheckpointLoader",
-    "VideoLinearCFGGuidance", "SVD_img2vid_Conditioning",
+    "VideoLinearCFGGuidance", "SVD_img2vid_Conditioning", "CheckpointLoaderSimple", "LTXVConditioning",
+    "LTXVImgToVideo", "KSamplerAdvanced", "Wan22ImageToVideoLatent",
 }
 #: frontend-only (virtual) nodes: never sent to the server
 FRONTEND_NODES = {"MarkdownNote", "Note"}

@@ -26,13 +26,18 @@ class ZeroConditioning(io.ComfyNode):
             inputs=[
                 io.Int.Input("width", default=4096, min=1, max=65536, tooltip="Embedding width (4096 for Wan/umT5)."),
                 io.Int.Input("tokens", default=16, min=1, max=1024, tooltip="Number of text tokens."),
+                io.Boolean.Input("attention_mask", default=False, optional=True,
+                                 tooltip="Add an all-ones attention_mask (T5 encoders give one; LTX-Video needs it)."),
             ],
             outputs=[io.Conditioning.Output(display_name="conditioning")],
         )
 
     @classmethod
-    def execute(cls, width: int, tokens: int) -> io.NodeOutput:
-        return io.NodeOutput([[torch.zeros(1, tokens, width), {"pooled_output": None}]])
+    def execute(cls, width: int, tokens: int, attention_mask: bool = False) -> io.NodeOutput:
+        extra = {"pooled_output": None}
+        if attention_mask:
+            extra["attention_mask"] = torch.ones(1, tokens, dtype=torch.long)
+        return io.NodeOutput([[torch.zeros(1, tokens, width), extra]])
 
 
 class PoisonImage(io.ComfyNode):

@@ -1,4 +1,7 @@
-"""Surrogates built from the user's own ComfyUI models: native Wan 2.1 I2V and Stable Video Diffusion.
+"""Shared machinery of the native surrogates (built from the user's own ComfyUI models): shadows, binding, base class.
+
+The families live beside this module (``wan21.py``, ``svd.py``); ``nodes/native/__init__.py`` re-exports the
+public names and holds :func:`native_surrogate`.
 
 :func:`native_surrogate` turns what a ComfyUI graph already holds (``MODEL`` = ``ModelPatcher``, ``VAE`` =
 ``comfy.sd.VAE``, ``CLIP_VISION`` = ``comfy.clip_vision.ClipVisionModel``, ``CONDITIONING``) into an
@@ -75,21 +78,17 @@ import torch
 from torch import Tensor, nn
 
 from anti_i2v.surrogates.base import Conditioning, FeatureRequest, Features, NoiseDraw, Surrogate, SurrogateError
-from anti_i2v.surrogates.svd import unet_default_objective
 
 __all__ = [
     "NATIVE_FAMILIES",
     "NativeSurrogate",
-    "NativeWan21Surrogate",
-    "NativeSVDSurrogate",
     "detect_native_family",
-    "native_surrogate",
 ]
 
 log = logging.getLogger("anti_i2v.native")
 
 #: families a native surrogate can be built for
-NATIVE_FAMILIES = ("wan21", "svd")
+NATIVE_FAMILIES = ("wan21", "wan22", "wan22_ti2v", "svd", "ltxv")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -125,11 +124,17 @@ def _clip_layer_forward(self: nn.Module, x: Tensor, mask: Tensor | None = None, 
     return x + self.mlp(self.layer_norm2(x))
 
 
+#: out-of-place forwards for ComfyUI modules whose forward writes in place, by (module, class name); family
+#: modules add theirs at import (e.g. LTX-Video's transformer block)
+OUT_OF_PLACE: dict[tuple[str, str], Any] = {("comfy.clip_model", "CLIPLayer"): _clip_layer_forward}
+
+
 def _patch_in_place(shadow: nn.Module) -> None:
     """Give shadow modules whose ComfyUI forward writes in place an out-of-place forward (same values)."""
     cls = type(shadow)
-    if cls.__name__ == "CLIPLayer" and cls.__module__ == "comfy.clip_model":
-        shadow.__dict__["forward"] = _clip_layer_forward.__get__(shadow, cls)
+    fn = OUT_OF_PLACE.get((cls.__module__, cls.__name__))
+    if fn is not None:
+        shadow.__dict__["forward"] = fn.__get__(shadow, cls)
 
 
 class _Shadow:
@@ -242,17 +247,19 @@ def _describe_model(model: Any) -> str:
 
 
 def detect_native_family(model: Any) -> str:
-    """The family (``"wan21"`` or ``"svd"``) of a ComfyUI ``MODEL``, or ValueError naming what was connected.
+    """The family (``"wan21"``, ``"wan22_ti2v"``, ``"svd"`` or ``"ltxv"``) of a ComfyUI ``MODEL``, or ValueError.
 
     Wan: ``comfy.model_base.WAN21`` itself (not its VACE/camera/S2V/2.2-5B subclasses) whose patch embedding
     takes 36 channels (16 noise + 4 mask + 16 image latent), i.e. Wan 2.1 I2V (with CLIP image tokens) and
-    Wan 2.2 14B I2V. SVD: ``comfy.model_base.SVD_img2vid``.
+    Wan 2.2 14B I2V. Wan 2.2 TI2V-5B: ``comfy.model_base.WAN22``. SVD: ``comfy.model_base.SVD_img2vid``.
+    LTX-Video: ``comfy.model_base.LTXV`` (every LTXV model takes an image through ``LTXVImgToVideo``).
     """
     comfy = _comfy()
     inner = getattr(model, "model", None)
     mb = comfy.model_base
-    supported = ("Wan 2.1 I2V / Wan 2.2 14B I2V (WAN21 with 36 input channels, from UNETLoader) or SVD "
-                 "(SVD_img2vid, from ImageOnlyCheckpointLoader)")
+    supported = ("Wan 2.1 I2V / Wan 2.2 14B I2V (WAN21 with 36 input channels, from UNETLoader), Wan 2.2 "
+                 "TI2V-5B (WAN22, from UNETLoader), SVD (SVD_img2vid, from ImageOnlyCheckpointLoader) or LTX-Video "
+                 "(LTXV, from CheckpointLoaderSimple)")
     if inner is None:
         raise ValueError(f"model: expected a ComfyUI MODEL, got {type(model).__name__}; supported: {supported}")
     if type(inner) is mb.WAN21:
@@ -265,10 +272,38 @@ def detect_native_family(model: Any) -> str:
             f"model: the connected Wan model takes {in_ch} input channels, which is not image-to-video "
             f"(a text-to-video model?); supported: {supported}"
         )
+    if type(inner) is mb.WAN22:
+        return "wan22_ti2v"
     if type(inner) is mb.SVD_img2vid:
         return "svd"
+    if type(inner) is mb.LTXV:
+        return "ltxv"
     raise ValueError(f"model: the connected model is {_describe_model(model)}, not an image-to-video model "
                      f"this pack supports natively; supported: {supported}")
+
+
+def _text_conditioning(positive: Any, width: int, model_name: str, encoder: str) -> tuple[Tensor, dict, str]:
+    """(embedding, extra keys, source) of a text ``CONDITIONING`` for a model whose context is ``width`` wide.
+
+    None gives one zero token (with identical tokens, cross-attention is the same for any token count) and no
+    extra keys. Otherwise the first entry's tensor (cloned out of inference mode) and its dict minus the image
+    conditioning keys of ComfyUI's I2V nodes.
+    """
+    if positive is None:
+        return torch.zeros(1, 1, width), {}, "zeros"
+    if not isinstance(positive, (list, tuple)) or not positive or not isinstance(positive[0][0], Tensor):
+        raise ValueError("positive: expected a ComfyUI CONDITIONING (a list of [tensor, dict])")
+    emb = positive[0][0]
+    if emb.shape[-1] != width:
+        raise ValueError(f"positive: the conditioning has width {emb.shape[-1]} but {model_name} expects {width} "
+                         f"({encoder}); connect the CLIPTextEncode output of that text encoder")
+    if len(positive) > 1:
+        log.warning("positive has %d entries; the surrogate uses the first", len(positive))
+    with torch.inference_mode(False):
+        cond = emb.detach().clone()
+    skip = ("concat_latent_image", "concat_mask", "clip_vision_output", "noise_mask", "guiding_frame_index",
+            "ref_latent")
+    return cond, {k: v for k, v in positive[0][1].items() if k not in skip}, "conditioning"
 
 
 def _ste_round(x: Tensor) -> Tensor:
@@ -492,11 +527,14 @@ class NativeSurrogate(Surrogate):
         to["sigmas"] = sigma
         return to
 
-    def _model_conds(self, cond: dict, noise: Tensor, batch: int) -> dict:
-        """``BaseModel.extra_conds`` + ``process_cond`` + concat, as comfy/samplers.py does for one cond."""
+    def _model_conds(self, cond: dict, noise: Tensor, batch: int, *, denoise_mask: Tensor | None = None) -> dict:
+        """``BaseModel.extra_conds`` + ``process_cond`` + concat, as comfy/samplers.py does for one cond.
+
+        ``denoise_mask``: the sampler's prepared noise mask (families whose model reads it, e.g. LTX-Video).
+        """
         params = dict(cond)
         params.update({"device": self.device, "noise": noise, "prompt_type": "positive", "seed": None,
-                       "denoise_mask": None, "latent_image": torch.zeros_like(noise)})
+                       "denoise_mask": denoise_mask, "latent_image": torch.zeros_like(noise)})
         if noise.ndim >= 4:
             params.setdefault("width", noise.shape[-1] * 8)
             params.setdefault("height", noise.shape[-2] * 8)
@@ -545,336 +583,14 @@ class NativeSurrogate(Surrogate):
         h, w = size or self.working_size(image.shape[-2], image.shape[-1])
         with torch.inference_mode():
             pixels = image.detach().float().cpu().movedim(1, -1)
-            positive, negative, latent, scheduler = self._sampling_inputs(pixels, h, w)
+            positive, negative, latent, scheduler, *mask = self._sampling_inputs(pixels, h, w)
             noise = comfy.sample.prepare_noise(latent, int(seed))
             samples = comfy.sample.sample(self.model, noise, int(num_inference_steps), 1.0, "euler", scheduler,
-                                          positive, negative, latent, seed=int(seed), disable_pbar=True)
+                                          positive, negative, latent, noise_mask=mask[0] if mask else None,
+                                          seed=int(seed), disable_pbar=True)
             frames = self.vae.decode(samples)
             frames = frames.reshape(-1, *frames.shape[-3:])
         return frames.movedim(-1, 1).float().cpu().clone()
 
     def _sampling_inputs(self, pixels: Tensor, h: int, w: int):  # pragma: no cover - per family
         raise NotImplementedError
-
-
-# ---------------------------------------------------------------------------------------------- Wan
-class NativeWan21Surrogate(NativeSurrogate):
-    """Native Wan 2.1 I2V (and Wan 2.2 14B I2V) surrogate: ``WanImageToVideo`` conditioning, ``blocks`` hooks."""
-
-    family = "wan21-native"
-    native_area = 480 * 832
-    size_multiple = 16
-    default_size = (480, 832)
-
-    def __init__(self, *, positive: Any = None, **kwargs) -> None:
-        super().__init__(positive=positive, **kwargs)
-        dm = self.model.model.diffusion_model
-        text_dim = int(getattr(dm, "text_dim", 4096))
-        if positive is None:
-            # one zero token: with identical tokens, cross-attention is the same for any token count
-            self.text_cond = torch.zeros(1, 1, text_dim)
-            self.text_extra: dict = {}
-            self.text_source = "zeros"
-        else:
-            if not isinstance(positive, (list, tuple)) or not positive or not isinstance(positive[0][0], Tensor):
-                raise ValueError("positive: expected a ComfyUI CONDITIONING (a list of [tensor, dict])")
-            emb = positive[0][0]
-            if emb.shape[-1] != text_dim:
-                raise ValueError(f"positive: the conditioning has width {emb.shape[-1]} but the Wan model expects "
-                                 f"{text_dim} (umT5-XXL); connect the CLIPTextEncode output of the Wan text encoder")
-            with torch.inference_mode(False):
-                self.text_cond = emb.detach().clone()
-            self.text_extra = {k: v for k, v in positive[0][1].items()
-                               if k not in ("concat_latent_image", "concat_mask", "clip_vision_output")}
-            self.text_source = "conditioning"
-        if len(positive or []) > 1:
-            log.warning("positive has %d entries; the surrogate uses the first", len(positive))
-
-    def denoiser_blocks(self) -> Sequence[tuple[str, nn.Module]]:
-        return [(f"blocks.{i}", b) for i, b in enumerate(self.denoiser().blocks)]
-
-    def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
-        enc = self._vae_shadow.root.encoder
-        out = [("encoder.conv1", enc.conv1)]
-        out += [(f"encoder.downsamples.{i}", m) for i, m in enumerate(enc.downsamples)]
-        out += [(f"encoder.middle.{i}", m) for i, m in enumerate(enc.middle)]
-        out.append((f"encoder.head.{len(enc.head) - 1}", enc.head[-1]))
-        return out
-
-    def describe(self) -> dict:
-        d = super().describe()
-        d["text"] = self.text_source
-        return d
-
-    def _video(self, pixels: Tensor, length: int) -> Tensor:
-        """WanImageToVideo's pixel video: the start image, then grey (0.5) frames; (B, T, H, W, 3)."""
-        b, h, w, _ = pixels.shape
-        grey = torch.full((b, length - 1, h, w, 3), 0.5, device=pixels.device, dtype=pixels.dtype)
-        return torch.cat([pixels[:, None, ..., :3], grey], dim=1)
-
-    def encode(self, image: Tensor) -> Conditioning:
-        """``WanImageToVideo``'s conditioning of ``image`` (B, 3, H, W in [0, 1]), differentiable.
-
-        ``latent``: ``process_latent_in`` of the photo's latent (the first latent frame of the conditioning video),
-        (B, 16, 1, h, w), as the diffusers Wan adapter. ``parts``: ``concat_latent_image`` (the raw VAE latent of
-        [photo, grey frames], (B, 16, T, h, w)) and, with a CLIP_VISION, the CLIP-vision output tensors.
-        """
-        import comfy.utils
-
-        with self.bound():
-            b, _, h, w = image.shape
-            length = int(self.num_frames)
-            x = image.to(self.device, torch.float32)
-            start = comfy.utils.common_upscale(x, w, h, "bilinear", "center").movedim(1, -1)  # (B, H, W, 3)
-            video = self._video(start, length).movedim(-1, 1)  # (B, 3, T, H, W)
-            lat = self._encode_latent(video)  # (B, 16, t, h/8, w/8), unscaled as VAE.encode returns
-            parts: dict = {"concat_latent_image": lat}
-            if self.clip_vision is not None:
-                parts.update(self._cv_parts(start))
-            return Conditioning(latent=self.base_model.process_latent_in(lat[:, :, :1]), parts=parts)
-
-    def clean_latent(self, cond: Conditioning) -> Tensor:
-        """The still video: the photo's latent repeated over the T latent frames, (B, 16, T, h, w)."""
-        t_lat = cond.parts["concat_latent_image"].shape[2]
-        return cond.latent.float().expand(-1, -1, t_lat, -1, -1)
-
-    def denoise(self, cond: Conditioning, noisy: Tensor, draw: NoiseDraw) -> Tensor:
-        """``apply_model`` with the conditioning of ``WanImageToVideo`` (mask on the first latent frame)."""
-        with self.bound():
-            lat = cond.parts["concat_latent_image"]
-            b = lat.shape[0]
-            if noisy.shape[0] != b or noisy.shape[2:] != lat.shape[2:]:
-                raise SurrogateError(
-                    f"the noisy latent has shape {tuple(noisy.shape)} but the conditioning latent {tuple(lat.shape)}: "
-                    "batch, latent frames and size must match (was num_frames changed after clean_latent?)"
-                )
-            mask = torch.ones((1, 1, lat.shape[2], lat.shape[-2], lat.shape[-1]), device=lat.device, dtype=lat.dtype)
-            mask[:, :, :1] = 0.0  # ((start frames - 1) // 4) + 1 = 1 latent frame is known
-            c = dict(self.text_extra)
-            c["cross_attn"] = self.text_cond.to(self.device)
-            c["concat_latent_image"] = lat
-            c["concat_mask"] = mask
-            if self.clip_vision is not None:
-                c["clip_vision_output"] = self._cv_output(cond.parts)
-            sigma = draw.timestep.to(self.device, torch.float32)
-            conds = self._model_conds(c, noisy, b)
-            return self._run(noisy, sigma, conds)
-
-    def _sampling_inputs(self, pixels: Tensor, h: int, w: int):
-        import comfy.utils
-
-        length = int(self.num_frames)
-        start = comfy.utils.common_upscale(pixels[:length].movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)
-        video = torch.ones((length, h, w, start.shape[-1]), dtype=start.dtype) * 0.5
-        video[:start.shape[0]] = start
-        concat = self.vae.encode(video[:, :, :, :3])
-        latent = torch.zeros([1, 16, ((length - 1) // 4) + 1, h // 8, w // 8])
-        mask = torch.ones((1, 1, latent.shape[2], concat.shape[-2], concat.shape[-1]))
-        mask[:, :, :((start.shape[0] - 1) // 4) + 1] = 0.0
-        extra = {"concat_latent_image": concat, "concat_mask": mask}
-        if self.clip_vision is not None:
-            extra["clip_vision_output"] = self.clip_vision.encode_image(start)
-        positive = [[self.text_cond.clone(), {**self.text_extra, **extra}]]
-        negative = [[torch.zeros_like(self.text_cond), dict(extra)]]
-        return positive, negative, latent, "simple"
-
-
-# ---------------------------------------------------------------------------------------------- SVD
-class NativeSVDSurrogate(NativeSurrogate):
-    """Native SVD surrogate: ``SVD_img2vid_Conditioning`` conditioning, U-Net block hooks.
-
-    Args (besides :class:`NativeSurrogate`'s):
-        fps, motion_bucket_id, augmentation_level: the conditioning node's values (defaults 6, 127, 0).
-    """
-
-    family = "svd-native"
-    native_area = 576 * 1024
-    size_multiple = 64
-    default_size = (576, 1024)
-
-    def __init__(self, *, fps: int = 6, motion_bucket_id: int = 127, augmentation_level: float = 0.0,
-                 **kwargs) -> None:
-        kwargs.pop("positive", None)  # SVD has no text conditioning
-        super().__init__(**kwargs)
-        if self.clip_vision is None:
-            raise ValueError("clip_vision: SVD needs the CLIP_VISION output of ImageOnlyCheckpointLoader "
-                             "(the image embedding is its cross-attention context)")
-        self.fps = int(fps)
-        self.motion_bucket_id = int(motion_bucket_id)
-        self.augmentation_level = float(augmentation_level)
-        self._layout = self._block_layout()
-
-    def denoiser_blocks(self) -> Sequence[tuple[str, nn.Module]]:
-        # forward_timestep_embed() iterates a block's layers instead of calling the block: hook its last layer
-        dm = self.denoiser()
-        out = [(f"input_blocks.{i}", blk[-1]) for i, blk in enumerate(dm.input_blocks)]
-        out.append(("middle_block", dm.middle_block[-1]))
-        out += [(f"output_blocks.{i}", blk[-1]) for i, blk in enumerate(dm.output_blocks)]
-        return out
-
-    def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
-        enc = self._vae_shadow.root.encoder
-        out = [("encoder.conv_in", enc.conv_in)]
-        for i, level in enumerate(enc.down):
-            for j, blk in enumerate(level.block):
-                out.append((f"encoder.down.{i}.block.{j}", blk))
-                if len(level.attn) > 0:
-                    out.append((f"encoder.down.{i}.attn.{j}", level.attn[j]))
-            if i != len(enc.down) - 1:
-                out.append((f"encoder.down.{i}.downsample", level.downsample))
-        out += [("encoder.mid.block_1", enc.mid.block_1), ("encoder.mid.attn_1", enc.mid.attn_1),
-                ("encoder.mid.block_2", enc.mid.block_2), ("encoder.conv_out", enc.conv_out)]
-        return out
-
-    def _block_layout(self) -> list[tuple[int, int]]:
-        """(channels, resolution level) of each block's output, read from the U-Net's layers."""
-        dm = self.model.model.diffusion_model
-        level, out = 0, []
-        blocks = list(dm.input_blocks) + [dm.middle_block] + list(dm.output_blocks)
-        for blk in blocks:
-            ch = None
-            for layer in blk:
-                kind = type(layer).__name__
-                if kind == "Downsample":
-                    level += 1
-                elif kind == "Upsample":
-                    level -= 1
-                for attr in ("out_channels", "in_channels", "channels"):
-                    if isinstance(getattr(layer, attr, None), int):
-                        ch = getattr(layer, attr)
-                        break
-                if kind == "Conv2d" or isinstance(layer, nn.Conv2d):
-                    ch = layer.out_channels
-            out.append((ch, level))
-        return out
-
-    def block_shapes_match(self, i: int, j: int) -> bool:
-        return self._layout[i] == self._layout[j]
-
-    @property
-    def num_down_blocks(self) -> int:
-        """``len(input_blocks)``: the middle block's index."""
-        return len(self.model.model.diffusion_model.input_blocks)
-
-    def default_objective(self):
-        """IRA on ``middle_block`` + the last two VAE-encoder layers, IRC from a shallow input block to the output
-        block that mirrors it (same shape); see :func:`anti_i2v.surrogates.svd.unet_default_objective`.
-
-        Real SVD (25 blocks): IRA 12, IRC 2 -> 22 (``input_blocks.2`` -> ``output_blocks.9``, 320 channels at the
-        full latent size).
-        """
-        return unet_default_objective(self, self.num_down_blocks)
-
-    def encode(self, image: Tensor) -> Conditioning:
-        """``SVD_img2vid_Conditioning``'s image inputs of ``image`` (B, 3, H, W in [0, 1]), differentiable.
-
-        ``latent``: ``process_latent_in`` of the clean photo's VAE latent (scaled like the video latents, as the
-        diffusers SVD adapter). ``parts``: ``pixels`` (for the per-draw augmented latent), ``image_latent`` (the
-        unscaled latent SVD concatenates), ``image_embeds`` (CLIP-vision image embedding).
-        """
-        import comfy.utils
-
-        with self.bound():
-            b, _, h, w = image.shape
-            x = image.to(self.device, torch.float32)
-            pixels = comfy.utils.common_upscale(x, w, h, "bilinear", "center")  # (B, 3, H, W)
-            lat = self._encode_latent(pixels)  # (B, 4, h/8, w/8); the clean photo: what VAE-layer hooks see
-            cv = _clip_vision_encode(self._cv_shadow.root, self.clip_vision, x.movedim(1, -1))
-            return Conditioning(latent=self.base_model.process_latent_in(lat),
-                                parts={"pixels": pixels, "image_latent": lat, "image_embeds": cv.image_embeds})
-
-    def clean_latent(self, cond: Conditioning) -> Tensor:
-        """The still video: the scaled photo latent repeated over ``num_frames``, (B, F, 4, h, w)."""
-        return cond.latent.float().unsqueeze(1).expand(-1, int(self.num_frames), -1, -1, -1)
-
-    def conditioning_latent(self, cond: Conditioning, draw: NoiseDraw) -> Tensor:
-        """The unscaled latent SVD concatenates: of ``pixels + augmentation_level * n`` (n from the draw's seed + 1)."""
-        if self.augmentation_level <= 0:
-            return cond.parts["image_latent"]
-        pixels = cond.parts["pixels"]
-        g = torch.Generator(device="cpu").manual_seed(self._seed(draw) + 1)
-        aug = torch.randn(pixels.shape, generator=g).to(pixels.device)
-        return self._encode_latent(pixels + aug * self.augmentation_level)
-
-    def denoise(self, cond: Conditioning, noisy: Tensor, draw: NoiseDraw) -> Tensor:
-        """``apply_model`` on the (B * F) frames of ``noisy`` (B, F, 4, h, w); returns (B, F, 4, h, w)."""
-        with self.bound():
-            b, frames = noisy.shape[:2]
-            lat = self.conditioning_latent(cond, draw)
-            if lat.shape[0] != b or lat.shape[1:] != noisy.shape[2:]:
-                raise SurrogateError(f"the noisy latent has shape {tuple(noisy.shape)} but the conditioning latent "
-                                     f"{tuple(lat.shape)}: batch and size must match")
-            xt = noisy.reshape(b * frames, *noisy.shape[2:])
-            sigma = draw.timestep.to(self.device, torch.float32).repeat_interleave(frames)
-            emb = cond.parts["image_embeds"]
-            per_image = []
-            for i in range(b):
-                c = {"cross_attn": emb[i:i + 1].unsqueeze(0), "motion_bucket_id": self.motion_bucket_id,
-                     "fps": self.fps, "augmentation_level": self.augmentation_level,
-                     "concat_latent_image": lat[i:i + 1]}
-                per_image.append(self._model_conds(c, xt[i * frames:(i + 1) * frames], frames))
-            conds = {}
-            for k in per_image[0]:
-                vals = [c[k] for c in per_image]
-                conds[k] = torch.cat(vals) if isinstance(vals[0], Tensor) else vals[0]
-            out = self._run(xt, sigma, conds)
-            return out.reshape(b, frames, *out.shape[1:])
-
-    def _sampling_inputs(self, pixels: Tensor, h: int, w: int):
-        import comfy.utils
-
-        output = self.clip_vision.encode_image(pixels)
-        pooled = output.image_embeds.unsqueeze(0)
-        enc = comfy.utils.common_upscale(pixels.movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)
-        t = self.vae.encode(enc[:, :, :, :3])
-        common = {"motion_bucket_id": self.motion_bucket_id, "fps": self.fps,
-                  "augmentation_level": self.augmentation_level}
-        positive = [[pooled, {**common, "concat_latent_image": t}]]
-        negative = [[torch.zeros_like(pooled), {**common, "concat_latent_image": torch.zeros_like(t)}]]
-        latent = torch.zeros([int(self.num_frames), 4, h // 8, w // 8])
-        return positive, negative, latent, "karras"
-
-
-# ---------------------------------------------------------------------------------------------- entry
-def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive: Any = None,
-                     family: str = "auto", frames: int = 9, dtype: str | torch.dtype = "bfloat16",
-                     size: tuple[int, int] | None = None) -> Surrogate:
-    """Build a surrogate from the user's ComfyUI models (the ``model`` input of AntiI2V_LoadSurrogateI2V).
-
-    Args:
-        model: ComfyUI ``MODEL`` (Wan 2.1/2.2-14B I2V from UNETLoader, or SVD from ImageOnlyCheckpointLoader).
-        vae: ComfyUI ``VAE`` of that model.
-        clip_vision: ComfyUI ``CLIP_VISION`` (SVD: required; Wan 2.1: optional, adds the image tokens).
-        positive: ComfyUI ``CONDITIONING`` with the text embedding (Wan); zeros when None.
-        family: ``"auto"`` (detect), ``"wan21"`` or ``"svd"``; other values (e.g. ``"cogvideox"``) only load
-            from a diffusers folder and raise ValueError here.
-        frames: pixel frames of the attacked video (Wan: WanImageToVideo ``length``; SVD: ``video_frames``).
-        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (validated; see :class:`NativeSurrogate`).
-        size: optional fixed (height, width) working size.
-
-    Returns:
-        A :class:`NativeWan21Surrogate` or :class:`NativeSVDSurrogate`.
-
-    Raises:
-        ValueError: the model is not a supported I2V model, the family does not match it, or an input is missing.
-    """
-    if model is None:
-        raise ValueError("model: connect a ComfyUI MODEL (Wan 2.1 I2V or SVD)")
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
-        dtype = _DTYPES[dtype]
-    if int(frames) != frames or frames < 1:
-        raise ValueError(f"frames must be an integer >= 1, got {frames}")
-    detected = detect_native_family(model)
-    if family not in ("auto",) + NATIVE_FAMILIES:
-        raise ValueError(f"family {family!r} cannot be built from a connected MODEL: native surrogates support "
-                         f"{', '.join(NATIVE_FAMILIES)} (choose 'auto'); disconnect the model to load {family!r} "
-                         f"from a diffusers folder")
-    if family != "auto" and family != detected:
-        raise ValueError(f"family is {family!r} but the connected model is {_describe_model(model)} ({detected}); "
-                         f"choose 'auto' or {detected!r}")
-    common = dict(model=model, vae=vae, clip_vision=clip_vision, num_frames=int(frames), dtype=dtype, size=size)
-    if detected == "wan21":
-        return NativeWan21Surrogate(positive=positive, **common)
-    return NativeSVDSurrogate(**common)
