@@ -12,6 +12,11 @@ How the image enters (the same steps as ComfyUI's own nodes, written with differ
   whole video is VAE-encoded, a mask zeroes the first latent frame, both go to the model as
   ``concat_latent_image`` / ``concat_mask`` beside the text conditioning (and the CLIP-vision penultimate
   hidden states when a ``CLIP_VISION`` is connected); ``BaseModel.extra_conds`` turns them into ``c_concat``.
+  The photo reaches CLIP vision as the user's ``CLIPVisionEncode`` fits it: ``clip_vision_crop="none"`` (the
+  default: the whole photo squashed to 224 x 224, as in ComfyUI's official Wan 2.1 I2V template) or
+  ``"center"`` (centre crop). On a non-square photo the two see different pixels, so a mismatch would optimise
+  image tokens the sampler never sees. The attack encodes the photo at the working size (the loop resizes it
+  there first); a photo already at that size is encoded exactly as ``CLIPVisionEncode`` encodes it.
 * SVD (``comfy.model_base.SVD_img2vid``), as ``SVD_img2vid_Conditioning`` (``comfy_extras/nodes_video_model.py``):
   the CLIP-vision image embedding is the cross-attention context, the unscaled VAE latent of the photo is
   concatenated to every noisy frame, fps 6 / motion bucket 127 / augmentation 0 go to the ``y`` embedding.
@@ -79,6 +84,7 @@ from anti_i2v.surrogates.svd import unet_default_objective
 
 __all__ = [
     "NATIVE_FAMILIES",
+    "CLIP_VISION_CROPS",
     "NativeSurrogate",
     "NativeWan21Surrogate",
     "NativeSVDSurrogate",
@@ -90,6 +96,8 @@ log = logging.getLogger("anti_i2v.native")
 
 #: families a native surrogate can be built for
 NATIVE_FAMILIES = ("wan21", "svd")
+#: CLIPVisionEncode's crop choices: "none" squashes the whole photo to the CLIP size, "center" crops its centre
+CLIP_VISION_CROPS = ("none", "center")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -283,6 +291,9 @@ def _clip_vision_encode(cv_model: nn.Module, clip_vision: Any, image: Tensor, *,
         cv_model: the shadow of ``clip_vision.model``.
         clip_vision: the user's ClipVisionModel (image size, mean, std, output mode).
         image: (B, H, W, 3) ComfyUI IMAGE in [0, 1].
+        crop: True: scale the short side to the CLIP size and centre-crop (``CLIPVisionEncode`` crop
+            ``center``, ``SVD_img2vid_Conditioning``); False: squash the whole image to the CLIP size
+            (``CLIPVisionEncode`` crop ``none``, what ComfyUI's Wan 2.1 I2V template uses).
     """
     import comfy.clip_vision
 
@@ -424,6 +435,7 @@ class NativeSurrogate(Surrogate):
             "requested_dtype": str(self.requested_dtype).replace("torch.", ""),
             "vae_dtype": str(self.vae.vae_dtype).replace("torch.", ""),
             "clip_vision": self.clip_vision is not None,
+            "clip_vision_crop": self.clip_vision_crop if self.clip_vision is not None else None,
         })
         return d
 
@@ -503,9 +515,13 @@ class NativeSurrogate(Surrogate):
         conds = self.base_model.extra_conds(**params)
         return {k: v.process_cond(batch_size=batch, area=None).concat([]) for k, v in conds.items()}
 
+    #: how the photo is fitted to CLIP vision's square input: "center" (crop) or "none" (squash); per family
+    clip_vision_crop: str = "center"
+
     def _cv_parts(self, image_bhwc: Tensor) -> dict:
         """The tensors of the differentiable CLIP-vision output, as ``Conditioning.parts`` entries."""
-        out = _clip_vision_encode(self._cv_shadow.root, self.clip_vision, image_bhwc)
+        out = _clip_vision_encode(self._cv_shadow.root, self.clip_vision, image_bhwc,
+                                  crop=self.clip_vision_crop == "center")
         keys = ("last_hidden_state", "image_embeds", "penultimate_hidden_states", "all_hidden_states", "mm_projected")
         return {f"clip_vision.{k}": getattr(out, k) for k in keys if isinstance(getattr(out, k, None), Tensor)}
 
@@ -566,8 +582,12 @@ class NativeWan21Surrogate(NativeSurrogate):
     size_multiple = 16
     default_size = (480, 832)
 
-    def __init__(self, *, positive: Any = None, **kwargs) -> None:
+    def __init__(self, *, positive: Any = None, clip_vision_crop: str = "none", **kwargs) -> None:
         super().__init__(positive=positive, **kwargs)
+        if clip_vision_crop not in CLIP_VISION_CROPS:
+            raise ValueError(f"clip_vision_crop must be one of {', '.join(CLIP_VISION_CROPS)} (the crop of your "
+                             f"CLIPVisionEncode node), got {clip_vision_crop!r}")
+        self.clip_vision_crop = clip_vision_crop
         dm = self.model.model.diffusion_model
         text_dim = int(getattr(dm, "text_dim", 4096))
         if positive is None:
@@ -673,7 +693,7 @@ class NativeWan21Surrogate(NativeSurrogate):
         mask[:, :, :((start.shape[0] - 1) // 4) + 1] = 0.0
         extra = {"concat_latent_image": concat, "concat_mask": mask}
         if self.clip_vision is not None:
-            extra["clip_vision_output"] = self.clip_vision.encode_image(start)
+            extra["clip_vision_output"] = self.clip_vision.encode_image(start, crop=self.clip_vision_crop == "center")
         positive = [[self.text_cond.clone(), {**self.text_extra, **extra}]]
         negative = [[torch.zeros_like(self.text_cond), dict(extra)]]
         return positive, negative, latent, "simple"
@@ -779,7 +799,7 @@ class NativeSVDSurrogate(NativeSurrogate):
             x = image.to(self.device, torch.float32)
             pixels = comfy.utils.common_upscale(x, w, h, "bilinear", "center")  # (B, 3, H, W)
             lat = self._encode_latent(pixels)  # (B, 4, h/8, w/8); the clean photo: what VAE-layer hooks see
-            cv = _clip_vision_encode(self._cv_shadow.root, self.clip_vision, x.movedim(1, -1))
+            cv = _clip_vision_encode(self._cv_shadow.root, self.clip_vision, x.movedim(1, -1), crop=True)
             return Conditioning(latent=self.base_model.process_latent_in(lat),
                                 parts={"pixels": pixels, "image_latent": lat, "image_embeds": cv.image_embeds})
 
@@ -838,7 +858,7 @@ class NativeSVDSurrogate(NativeSurrogate):
 # ---------------------------------------------------------------------------------------------- entry
 def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive: Any = None,
                      family: str = "auto", frames: int = 9, dtype: str | torch.dtype = "bfloat16",
-                     size: tuple[int, int] | None = None) -> Surrogate:
+                     size: tuple[int, int] | None = None, clip_vision_crop: str = "auto") -> Surrogate:
     """Build a surrogate from the user's ComfyUI models (the ``model`` input of AntiI2V_LoadSurrogateI2V).
 
     Args:
@@ -851,6 +871,10 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
         frames: pixel frames of the attacked video (Wan: WanImageToVideo ``length``; SVD: ``video_frames``).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (validated; see :class:`NativeSurrogate`).
         size: optional fixed (height, width) working size.
+        clip_vision_crop: how the photo is fitted to CLIP vision, as the graph's own node does it: ``"auto"``
+            (Wan: ``"none"``, the crop of ``CLIPVisionEncode`` in ComfyUI's Wan 2.1 I2V template; SVD:
+            ``"center"``, what ``SVD_img2vid_Conditioning`` always does), ``"none"`` (squash the whole photo) or
+            ``"center"`` (centre crop). On a non-square photo the two differ: match your ``CLIPVisionEncode``.
 
     Returns:
         A :class:`NativeWan21Surrogate` or :class:`NativeSVDSurrogate`.
@@ -874,7 +898,14 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
     if family != "auto" and family != detected:
         raise ValueError(f"family is {family!r} but the connected model is {_describe_model(model)} ({detected}); "
                          f"choose 'auto' or {detected!r}")
+    if clip_vision_crop not in ("auto",) + CLIP_VISION_CROPS:
+        raise ValueError(f"clip_vision_crop must be one of auto, {', '.join(CLIP_VISION_CROPS)}, "
+                         f"got {clip_vision_crop!r}")
     common = dict(model=model, vae=vae, clip_vision=clip_vision, num_frames=int(frames), dtype=dtype, size=size)
     if detected == "wan21":
-        return NativeWan21Surrogate(positive=positive, **common)
+        crop = "none" if clip_vision_crop == "auto" else clip_vision_crop
+        return NativeWan21Surrogate(positive=positive, clip_vision_crop=crop, **common)
+    if clip_vision_crop == "none":
+        raise ValueError("clip_vision_crop 'none' does not apply to SVD: SVD_img2vid_Conditioning always "
+                         "centre-crops the photo for CLIP vision; choose 'auto' or 'center'")
     return NativeSVDSurrogate(**common)
