@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from . import dsp as dsp_mod
 from .dsp import DSPConfig, check_image
-from .losses import LossTerm, Objective
+from .losses import LossTerm, Objective, resolve_objective
 from .metrics import image_quality
 from .surrogates.base import Conditioning, Surrogate
 
@@ -322,7 +322,9 @@ def protect(
     Args:
         image: (B, 3, H, W) or (3, H, W) in [0, 1], any size; RGBA loses alpha, grey is repeated.
         surrogate: an I2V surrogate adapter (weights are used, never changed).
-        losses: the objective: an :class:`Objective`, one term or a list of terms.
+        losses: the objective: an :class:`Objective`, one term or a list of terms. Layer fields set to ``"auto"``
+            take the surrogate's recommended layers (:func:`anti_i2v.losses.resolve_objective`); the report's
+            ``settings.losses`` and ``settings.notes`` list the resolved layers.
         perturbation: perturbation settings (space, budget, DCT block, channels, split, L* restore).
         config: loop settings (steps, step size, schedule, optimiser, seed).
         target: (1 or B, 3, h, w) unrelated target image for IRA / encoder terms; a fixed pattern if None.
@@ -341,7 +343,7 @@ def protect(
     """
     perturbation = perturbation or DSPConfig()
     config = config or ProtectConfig()
-    objective = _as_objective(losses)
+    objective = resolve_objective(_as_objective(losses), surrogate)
     if not len(objective):
         raise ValueError("losses: the objective has no loss terms")
     x = check_image(image, "image")
@@ -389,6 +391,8 @@ def protect(
         "budget_convention": "eps in 1/255 of the [0,1] pixel range (eps=8 equals 16/255 in [-1,1])",
         "noisy_latent": "one z_t per iteration from the clean photo's latent, shared by target and adversarial pass",
         "mask": None if mask is None else "given",
+        # the pixel frames of the video the denoiser saw (Wan: compare with WanImageToVideo's length)
+        "frames_attacked": int(surrogate.num_frames),
     }
     inert = inert_reason(objective, config)
     settings["notes"] = list(objective.notes) + ([inert] if inert else [])
