@@ -120,6 +120,10 @@ class LoadSurrogateI2V(io.ComfyNode):
                                     tooltip="Optional: the CLIP vision model that goes with 'model' (Wan 2.1, SVD)."),
                 io.Conditioning.Input("positive", optional=True,
                                       tooltip="Optional: text conditioning for 'model' (Wan 2.1); zeros when absent."),
+                io.Combo.Input("clip_vision_crop", options=["auto", "none", "center"], default="auto", optional=True,
+                               tooltip="How the photo is fitted to clip_vision; must match your CLIPVisionEncode "
+                                       "'crop'. auto: 'none' for Wan (ComfyUI's Wan 2.1 I2V template: the whole "
+                                       "photo squashed), centre crop for SVD (its conditioning node always crops)."),
             ],
             outputs=[SurrogateType.Output(display_name="surrogate",
                                           tooltip="The I2V surrogate for the protect and preview nodes.")],
@@ -127,7 +131,8 @@ class LoadSurrogateI2V(io.ComfyNode):
 
     @classmethod
     def execute(cls, family: str, folder: str, dtype: str, frames: int, gradient_checkpointing: bool,
-                model=None, vae=None, clip_vision=None, positive=None) -> io.NodeOutput:
+                model=None, vae=None, clip_vision=None, positive=None,
+                clip_vision_crop: str = "auto") -> io.NodeOutput:
         if dtype not in DTYPES:
             raise ValueError(f"{NODE_ID}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if int(frames) < 1:
@@ -137,7 +142,8 @@ class LoadSurrogateI2V(io.ComfyNode):
                 from .native import native_surrogate
 
                 surrogate = native_surrogate(model=model, vae=vae, clip_vision=clip_vision, positive=positive,
-                                             family=family, frames=int(frames), dtype=DTYPES[dtype])
+                                             family=family, frames=int(frames), dtype=DTYPES[dtype],
+                                             clip_vision_crop=clip_vision_crop)
                 surrogate.gradient_checkpointing = bool(gradient_checkpointing)
                 return io.NodeOutput(surrogate)
             if folder in (None, "", NONE_FOLDER):
