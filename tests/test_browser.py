@@ -22,9 +22,11 @@ What the run changes in the converted prompt, on purpose (the graph itself runs 
 * CLIPLoader + CLIPTextEncode become ``AntiI2VTest_ZeroConditioning`` (width 4096): the umT5-XXL text encoder
   cannot be made tiny;
 * sizes, frame counts and step counts go down to seconds on CPU (64x64 pixels, 2 steps, 5 attacked frames);
-* for the CogVideoX and Wan presets, dtype float32 and layer indices the 2-block tiny models have (instead of
-  the real models' 27 / 26 ...). The SVD checkpoint keeps SVD's real 25-block U-Net and SD VAE, so the SVD
-  preset runs with its shipped layers (IRA on block 12 and VAE layers 14,15, IRC 1:24) and dtype.
+* for the CogVideoX presets, dtype float32 and layer indices the 2-block tiny models have (instead of 27 ...);
+  the Wan and SVD presets keep their ``auto`` layers, which resolve on the loaded model (tiny Wan: 1 and 0:1;
+  the SVD checkpoint keeps SVD's real 25-block U-Net and SD VAE: IRA 12 + VAE layers 14,15, IRC 2:22).
+* the Wan preset's CLIPVisionLoader loads a random ViT-H (``clip_vision_h.safetensors``, Wan's img_emb needs
+  its 1280-wide tokens).
 """
 
 from __future__ import annotations
@@ -109,9 +111,9 @@ def _tiny(prompt: dict, *, shipped_layers: bool = False) -> dict:
             inp["frames"] = 5
             if not shipped_layers:
                 inp["dtype"] = "float32"
-        elif ct == "AntiI2V_IRALoss" and not shipped_layers:
+        elif ct == "AntiI2V_IRALoss" and not shipped_layers and inp["blocks"] != "auto":
             inp.update(blocks="1", vae_layers="1")
-        elif ct == "AntiI2V_IRCLoss" and not shipped_layers:
+        elif ct == "AntiI2V_IRCLoss" and not shipped_layers and inp["pairs"] != "auto":
             inp.update(pairs="0:1")
         elif ct == LOOP:
             inp.update(steps=2)
@@ -218,7 +220,9 @@ def test_preset_loads_converts_and_runs(stack, name):
     assert {v["class_type"] for v in prompt.values()} == real, f"{name}: graphToPrompt lost or added nodes"
     # API prompts list every required input: spot-check the pack's widgets came through with their values
     loop = next(v for v in prompt.values() if v["class_type"] == LOOP)
-    assert loop["inputs"]["steps"] == 200 and loop["inputs"]["optimizer"] == "sign"
+    from anti_i2v.protect import ProtectConfig
+
+    assert loop["inputs"]["steps"] == 200 and loop["inputs"]["optimizer"] == ProtectConfig().optimizer
     # the Python converter the demo uses gives the frontend's prompt for the shipped preset
     from scripts.comfy_workflow import ui_to_api
 
