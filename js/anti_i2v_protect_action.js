@@ -76,7 +76,7 @@ export function protectImage(node, slot = imageOutput(node)) {
   graph.beforeChange?.();
   const p = LiteGraph.createNode(PROTECT_NODE);
   if (!p) throw new Error(`Anti-I2V: node type ${PROTECT_NODE} is not registered`);
-  p.pos = [node.pos[0] + (node.size?.[0] ?? 300) + 60, node.pos[1]];
+  p.pos = [node.pos[0], node.pos[1] + (node.size?.[1] ?? 300) + 50]; // below the photo: its consumers are to the right
   graph.add(p);
   node.connect(slot, p, p.findInputSlot("image"));
   const protectedSlot = p.findOutputSlot("protected");
