@@ -26,7 +26,8 @@ What the run changes in the converted prompt, on purpose (the graph itself runs 
   the Wan and SVD presets keep their ``auto`` layers, which resolve on the loaded model (tiny Wan: 1 and 0:1;
   the SVD checkpoint keeps SVD's real 25-block U-Net and SD VAE: IRA 12 + VAE layers 14,15, IRC 2:22).
 * the Wan preset's CLIPVisionLoader loads a random ViT-H (``clip_vision_h.safetensors``, Wan's img_emb needs
-  its 1280-wide tokens).
+  its 1280-wide tokens); both CLIPVisionEncode nodes run, but the surrogate is built without it (the attack
+  through the ViT-H, forward and backward, is run once, by the test of ComfyUI's template below).
 """
 
 from __future__ import annotations
@@ -109,8 +110,10 @@ def _tiny(prompt: dict, *, shipped_layers: bool = False) -> dict:
             node = {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 8}}
         elif ct == "AntiI2V_LoadSurrogateI2V":
             inp["frames"] = 5
-            if not shipped_layers:
+            if not shipped_layers:  # (SVD needs its CLIP vision: its image embedding is the context)
                 inp["dtype"] = "float32"
+                # the ViT-H's forward + backward would dominate the run; the template test attacks through it
+                inp.pop("clip_vision", None)
         elif ct == "AntiI2V_IRALoss" and not shipped_layers and inp["blocks"] != "auto":
             inp.update(blocks="1", vae_layers="1")
         elif ct == "AntiI2V_IRCLoss" and not shipped_layers and inp["pairs"] != "auto":
@@ -239,8 +242,11 @@ def test_preset_loads_converts_and_runs(stack, name):
               for k, v in prompt.items()}
     assert mine == json.loads(json.dumps(theirs)), f"{name}: scripts/comfy_workflow.ui_to_api differs from graphToPrompt"
 
+    if "wan21" in name:  # the clean comparison branch's CLIPVisionEncode is not mistaken for the trap
+        loop_key = next(k for k, v in prompt.items() if v["class_type"] == LOOP)
+        assert _runtime_module().clip_vision_warnings(prompt, loop_key) == []
     prompt_id = server.post_prompt(_tiny(prompt, shipped_layers="svd" in name))
-    entry = server.wait(prompt_id, timeout=240)
+    entry = server.wait(prompt_id, timeout=480)  # seconds on an idle machine; generous for a busy one
     err = server.error_of(entry)
     assert err is None, f"{name}: {err and (err.get('node_type'), err.get('exception_message'))}"
     assert entry["status"]["status_str"] == "success"
