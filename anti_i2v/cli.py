@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
     pr.add_argument("--method", choices=["anti-i2v", "advdm", "photoguard"], default="anti-i2v",
                     help="objective: Anti-I2V (IRA+IRC, default) or a baseline")
-    pr.add_argument("--ira-blocks", help="IRA denoiser blocks, e.g. '27' or '20-27' (default: the model's)")
-    pr.add_argument("--vae-layers", help="IRA VAE-encoder layers, e.g. '3,4' (default: the last two)")
-    pr.add_argument("--irc-pairs", help="IRC pairs 'shallow:deep', e.g. '3:27' (default: the model's)")
+    pr.add_argument("--ira-blocks", help="IRA denoiser blocks, e.g. '27' or '20-27'; 'auto' (default): the model's recommended")
+    pr.add_argument("--vae-layers", help="IRA VAE-encoder layers, e.g. '3,4'; 'auto' (default): the model's (the last two)")
+    pr.add_argument("--irc-pairs", help="IRC pairs 'shallow:deep', e.g. '3:27'; 'auto' (default): the model's recommended")
     pr.add_argument("--target", metavar="IMAGE", help="unrelated target image for IRA (default: a fixed pattern)")
     pr.add_argument("--frames", type=int, help="video frames the surrogate sees (fewer: faster)")
     pr.add_argument("--space", choices=list(SPACES), default=None,
@@ -243,28 +243,25 @@ def _resolve_device(name: str):
 
 
 def _build_objective(args, surrogate):
-    from .losses import DiffusionLoss, EncoderLoss, IRALoss, IRCLoss, Objective, parse_indices, parse_pairs
+    from .losses import (AUTO, DiffusionLoss, EncoderLoss, IRALoss, IRCLoss, Objective, parse_layer_spec,
+                         parse_pair_spec, resolve_objective)
 
     if args.method == "advdm":
         return Objective((DiffusionLoss(),))
     if args.method == "photoguard":
         return Objective((EncoderLoss(),))
-    if args.ira_blocks is None and args.vae_layers is None and args.irc_pairs is None:
-        return surrogate.default_objective()
-    default = surrogate.default_objective()
-    d_ira = next((t for t in default.terms if isinstance(t, IRALoss)), None)
-    blocks = parse_indices(args.ira_blocks, name="--ira-blocks") if args.ira_blocks is not None else d_ira.blocks
-    vae = parse_indices(args.vae_layers, name="--vae-layers") if args.vae_layers is not None else d_ira.vae_layers
+    # an option left out (or given as "auto") takes the model's recommended layers: resolved by the library
+    blocks = parse_layer_spec(args.ira_blocks if args.ira_blocks is not None else AUTO, name="--ira-blocks")
+    vae = parse_layer_spec(args.vae_layers if args.vae_layers is not None else AUTO, name="--vae-layers")
+    pairs = parse_pair_spec(args.irc_pairs if args.irc_pairs is not None else AUTO, name="--irc-pairs")
     terms = []
     if blocks or vae:
         terms.append(IRALoss(blocks=blocks, vae_layers=vae))
-    if args.irc_pairs is not None:
-        terms.append(IRCLoss(pairs=parse_pairs(args.irc_pairs, name="--irc-pairs")))
-    else:
-        terms += [t for t in default.terms if isinstance(t, IRCLoss)]
-    if not terms:
-        raise UsageError("the objective is empty: give --ira-blocks, --vae-layers or --irc-pairs")
-    return Objective(tuple(terms))
+    terms.append(IRCLoss(pairs=pairs))
+    try:
+        return resolve_objective(Objective(tuple(terms)), surrogate)
+    except ValueError:
+        raise UsageError("the objective is empty: give --ira-blocks, --vae-layers or --irc-pairs") from None
 
 
 def _check_ensemble_args(args, count: int) -> tuple[float, ...]:

@@ -10,6 +10,12 @@
 
 Every term says which features it needs from the adversarial pass and from the target pass
 (:class:`~anti_i2v.surrogates.base.FeatureRequest`); the loop runs each pass once for all terms.
+
+Layers may be left to the model: ``IRALoss(blocks="auto", vae_layers="auto")`` and ``IRCLoss(pairs="auto")``
+take the loaded surrogate's recommended layers (its :meth:`~anti_i2v.surrogates.base.Surrogate.default_objective`:
+CogVideoX-5B IRA 27 + IRC 3 -> 27, Wan 2.1 14B 26 and 3 -> 26, SVD the middle block and a mirror pair).
+:func:`resolve_objective` fills them in; :func:`anti_i2v.protect.protect` calls it, so the CLI, Python code and
+the ComfyUI nodes share one resolution, and the report lists the resolved layers.
 """
 
 from __future__ import annotations
@@ -32,9 +38,25 @@ __all__ = [
     "EncoderLoss",
     "Objective",
     "MAX_INDEX",
+    "AUTO",
     "parse_indices",
     "parse_pairs",
+    "parse_layer_spec",
+    "parse_pair_spec",
+    "resolve_objective",
 ]
+
+#: the value of a layer field that takes the surrogate's recommended layers (see :func:`resolve_objective`)
+AUTO = "auto"
+
+
+def _is_auto(value) -> bool:
+    return isinstance(value, str) and value.strip().lower() == AUTO
+
+
+def _unresolved(term: str, what: str) -> ValueError:
+    return ValueError(f"{term}: {what} is 'auto'; resolve it against the surrogate first "
+                      "(anti_i2v.losses.resolve_objective, which protect() calls)")
 
 
 def _msq(a: Tensor, b: Tensor) -> Tensor:
@@ -79,24 +101,35 @@ class IRALoss(LossTerm):
     """Internal Representation Attack: sum over layers of mean ||f(x_adv) - f(x_target)||^2.
 
     Args:
-        blocks: denoiser block indices.
-        vae_layers: VAE-encoder layer indices.
+        blocks: denoiser block indices, or ``"auto"``: the surrogate's recommended blocks.
+        vae_layers: VAE-encoder layer indices, or ``"auto"``: the surrogate's recommended layers.
         weight: multiplier of the term.
+        auto: set by :func:`resolve_objective`: which fields were ``"auto"`` (shown in reports).
     """
 
-    blocks: tuple[int, ...] = ()
-    vae_layers: tuple[int, ...] = ()
+    blocks: tuple[int, ...] | str = ()
+    vae_layers: tuple[int, ...] | str = ()
     weight: float = 1.0
     name: str = "ira"
+    auto: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "blocks", tuple(sorted(set(int(i) for i in self.blocks))))
-        object.__setattr__(self, "vae_layers", tuple(sorted(set(int(i) for i in self.vae_layers))))
+        for f in ("blocks", "vae_layers"):
+            v = getattr(self, f)
+            object.__setattr__(self, f, AUTO if _is_auto(v) else tuple(sorted(set(int(i) for i in v))))
         object.__setattr__(self, "weight", _check_weight(self.weight))
+        object.__setattr__(self, "auto", tuple(self.auto))
         if not self.blocks and not self.vae_layers:
             raise ValueError("IRALoss needs at least one denoiser block or VAE-encoder layer")
 
+    @property
+    def unresolved(self) -> bool:
+        """Whether a layer field is still ``"auto"``."""
+        return self.blocks == AUTO or self.vae_layers == AUTO
+
     def request(self) -> FeatureRequest:
+        if self.unresolved:
+            raise _unresolved("IRALoss", "blocks" if self.blocks == AUTO else "vae_layers")
         return FeatureRequest(blocks=frozenset(self.blocks), vae_layers=frozenset(self.vae_layers))
 
     def target_request(self) -> FeatureRequest:
@@ -110,8 +143,12 @@ class IRALoss(LossTerm):
         return torch.stack(parts).sum()
 
     def describe(self) -> dict:
-        return {"name": self.name, "weight": self.weight, "blocks": list(self.blocks),
-                "vae_layers": list(self.vae_layers)}
+        d = {"name": self.name, "weight": self.weight,
+             "blocks": self.blocks if self.blocks == AUTO else list(self.blocks),
+             "vae_layers": self.vae_layers if self.vae_layers == AUTO else list(self.vae_layers)}
+        if self.auto:
+            d["auto"] = list(self.auto)
+        return d
 
 
 @dataclass(frozen=True)
@@ -119,17 +156,25 @@ class IRCLoss(LossTerm):
     """Internal Representation Collapse: sum over pairs (i, j) of mean ||f_j(x_adv) - f_i(x_adv)||^2.
 
     Args:
-        pairs: (shallow i, deep j) block index pairs; the two blocks must output features of one shape.
+        pairs: (shallow i, deep j) block index pairs; the two blocks must output features of one shape. Or
+            ``"auto"``: the surrogate's recommended pair.
         weight: multiplier of the term.
         detach_shallow: treat the shallow block as a fixed target (gradient only through block j).
+        auto: set by :func:`resolve_objective`: ``("pairs",)`` when the pairs were ``"auto"``.
     """
 
-    pairs: tuple[tuple[int, int], ...] = ((3, 27),)
+    pairs: tuple[tuple[int, int], ...] | str = ((3, 27),)
     weight: float = 1.0
     detach_shallow: bool = False
     name: str = "irc"
+    auto: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "auto", tuple(self.auto))
+        if _is_auto(self.pairs):
+            object.__setattr__(self, "pairs", AUTO)
+            object.__setattr__(self, "weight", _check_weight(self.weight))
+            return
         pairs = tuple((int(i), int(j)) for i, j in self.pairs)
         if not pairs:
             raise ValueError("IRCLoss needs at least one (shallow, deep) block pair")
@@ -139,7 +184,14 @@ class IRCLoss(LossTerm):
         object.__setattr__(self, "pairs", pairs)
         object.__setattr__(self, "weight", _check_weight(self.weight))
 
+    @property
+    def unresolved(self) -> bool:
+        """Whether the pairs are still ``"auto"``."""
+        return self.pairs == AUTO
+
     def request(self) -> FeatureRequest:
+        if self.unresolved:
+            raise _unresolved("IRCLoss", "pairs")
         return FeatureRequest(blocks=frozenset(b for p in self.pairs for b in p))
 
     def value(self, adv: Features, target: Features | None) -> Tensor:
@@ -155,8 +207,12 @@ class IRCLoss(LossTerm):
         return torch.stack(parts).sum()
 
     def describe(self) -> dict:
-        return {"name": self.name, "weight": self.weight, "pairs": [list(p) for p in self.pairs],
-                "detach_shallow": self.detach_shallow}
+        d = {"name": self.name, "weight": self.weight,
+             "pairs": self.pairs if self.pairs == AUTO else [list(p) for p in self.pairs],
+             "detach_shallow": self.detach_shallow}
+        if self.auto:
+            d["auto"] = list(self.auto)
+        return d
 
 
 @dataclass(frozen=True)
@@ -363,3 +419,72 @@ def parse_pairs(text: str | Sequence[Sequence[int]], *, name: str = "pairs",
     if not pairs:
         raise ValueError(f"{name}: no block pair given; write e.g. '3:27'")
     return tuple(pairs)
+
+
+def parse_layer_spec(text: str | int | Iterable[int], *, name: str = "indices",
+                     max_index: int = MAX_INDEX) -> tuple[int, ...] | str:
+    """:func:`parse_indices`, or :data:`AUTO` for ``"auto"`` (the surrogate's recommended layers)."""
+    return AUTO if _is_auto(text) else parse_indices(text, name=name, max_index=max_index)
+
+
+def parse_pair_spec(text: str | Sequence[Sequence[int]], *, name: str = "pairs",
+                    max_index: int = MAX_INDEX) -> tuple[tuple[int, int], ...] | str:
+    """:func:`parse_pairs`, or :data:`AUTO` for ``"auto"`` (the surrogate's recommended pair)."""
+    return AUTO if _is_auto(text) else parse_pairs(text, name=name, max_index=max_index)
+
+
+def _fmt(v) -> str:
+    return ",".join(str(i) for i in v) if v else "none"
+
+
+def resolve_objective(objective: "Objective | LossTerm | Sequence[LossTerm]", surrogate) -> "Objective":
+    """``objective`` with every ``"auto"`` layer field replaced by the surrogate's recommended layers.
+
+    The recommendation is ``surrogate.default_objective()`` (every family has one): IRA's ``blocks`` /
+    ``vae_layers`` come from its IRA term, IRC's ``pairs`` from its IRC term. A resolved term records which fields
+    were ``"auto"`` (``describe()["auto"]``) and the objective gains a note per term naming the resolved layers,
+    so reports show them. An ``"auto"`` field the model has no recommendation for (e.g. no IRC pair of equal shape
+    in a U-Net) is left out with the default objective's note; a term left with no layer at all is dropped with a
+    note. An objective without ``"auto"`` is returned unchanged.
+
+    Raises:
+        ValueError: nothing is left to optimise after resolution.
+    """
+    if isinstance(objective, LossTerm):
+        objective = Objective((objective,))
+    elif not isinstance(objective, Objective):
+        objective = Objective(tuple(objective))
+    if not any(getattr(t, "unresolved", False) for t in objective.terms):
+        return objective
+    default = surrogate.default_objective()
+    d_ira = next((t for t in default.terms if isinstance(t, IRALoss)), None)
+    d_irc = next((t for t in default.terms if isinstance(t, IRCLoss)), None)
+    family = getattr(surrogate, "family", type(surrogate).__name__)
+    terms: list[LossTerm] = []
+    notes = list(objective.notes)
+    for t in objective.terms:
+        if isinstance(t, IRALoss) and t.unresolved:
+            auto = tuple(f for f in ("blocks", "vae_layers") if getattr(t, f) == AUTO)
+            blocks = (d_ira.blocks if d_ira else ()) if t.blocks == AUTO else t.blocks
+            vae = (d_ira.vae_layers if d_ira else ()) if t.vae_layers == AUTO else t.vae_layers
+            if not blocks and not vae:
+                notes.append(f"IRA left out: {family} recommends no block or VAE-encoder layer for 'auto'")
+                continue
+            terms.append(IRALoss(blocks=blocks, vae_layers=vae, weight=t.weight, name=t.name, auto=auto))
+            notes.append(f"IRA 'auto' on {family}: blocks {_fmt(blocks)}, VAE-encoder layers {_fmt(vae)} "
+                         f"(the model's recommended layers)")
+        elif isinstance(t, IRCLoss) and t.unresolved:
+            if d_irc is None:
+                notes += [n for n in default.notes if n not in notes] or [
+                    f"IRC left out: {family} recommends no shallow/deep block pair for 'auto'"]
+                continue
+            terms.append(IRCLoss(pairs=d_irc.pairs, weight=t.weight, detach_shallow=t.detach_shallow, name=t.name,
+                                 auto=("pairs",)))
+            pairs = ", ".join(f"{i}->{j}" for i, j in d_irc.pairs)
+            notes.append(f"IRC 'auto' on {family}: pairs {pairs} (the model's recommended pair)")
+        else:
+            terms.append(t)
+    if not terms:
+        raise ValueError(f"the objective is empty after resolving 'auto' layers on {family}: "
+                         + "; ".join(notes[len(objective.notes):]))
+    return Objective(tuple(terms), tuple(notes))

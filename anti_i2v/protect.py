@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from . import dsp as dsp_mod
 from . import lowvram
 from .dsp import DSPConfig, check_image
-from .losses import LossTerm, Objective
+from .losses import LossTerm, Objective, resolve_objective
 from .metrics import image_quality
 from .surrogates.base import Surrogate
 from .surrogates.ensemble import Ensemble, Member
@@ -468,6 +468,7 @@ def _member_runs(surrogate, losses, x: Tensor, target: Tensor | None, seed: int)
         objective = _as_objective(losses)
         if not len(objective):
             raise ValueError("losses: the objective has no loss terms")
+        objective = resolve_objective(objective, surrogate)  # "auto" layers -> the model's recommended ones
         return [_MemberRun(surrogate, objective, 1.0, None, target, b, (h, w), seed)], [], None
     if losses is not None:
         raise ValueError("losses: an Ensemble carries one objective per member (Member(surrogate, objective, "
@@ -484,6 +485,7 @@ def _member_runs(surrogate, losses, x: Tensor, target: Tensor | None, seed: int)
             objective = _as_objective(member.objective)
         if not len(objective):
             raise ValueError(f"ensemble member {label!r}: the objective has no loss terms")
+        objective = resolve_objective(objective, member.surrogate)
         notes += [f"{label}: {n}" for n in objective.notes]
         if all(float(t.weight) == 0.0 for t in objective.terms):
             notes.append(f"ensemble member {label!r}: every loss weight is 0, the member is left out")
@@ -516,7 +518,10 @@ def protect(
         surrogate: an I2V surrogate adapter (weights are used, never changed), or an
             :class:`~anti_i2v.surrogates.ensemble.Ensemble` of several (each member with its own objective and
             weight; the weighted sum of their objectives is minimised, members run one after another).
-        losses: the objective: an :class:`Objective`, one term or a list of terms (None with an ensemble).
+        losses: the objective: an :class:`Objective`, one term or a list of terms (None with an ensemble). Layer
+            fields set to ``"auto"`` take the surrogate's recommended layers
+            (:func:`anti_i2v.losses.resolve_objective`); the report's ``settings.losses`` and ``settings.notes`` list
+            the resolved layers.
         perturbation: perturbation settings (space, budget, DCT block, channels, split, L* restore).
         config: loop settings (steps, step size, schedule, optimiser, seed).
         target: (1 or B, 3, h, w) unrelated target image for IRA / encoder terms; a fixed pattern if None.
@@ -607,6 +612,9 @@ def protect(
         for run, lv in lv_runs:
             plans[run.label] = plan = stack.enter_context(lowvram.applied(run.surrogate, run.objective, lv))
             settings["notes"].append(plan.note if run.label is None else f"{run.label}: {plan.note}")
+        # the pixel frames of the video each denoiser saw (Wan: compare with WanImageToVideo's length)
+        settings["frames_attacked"] = (int(runs[0].surrogate.num_frames) if ens is None else
+                                       {r.label: int(r.surrogate.num_frames) for r in runs})
         if plans:  # the report states the frames and settings actually used
             if ens is None:
                 settings["low_vram"] = plans[None].describe()

@@ -8,6 +8,7 @@ from .ensemble_nodes import EnsembleSurrogate
 from .inspect_nodes import LayerPCA
 from .loss_nodes import BaselineLossNode, DSPPerturb, IRALossNode, IRCLossNode
 from .preview_nodes import PreviewAttackVideo
+from .protect_image import ProtectImage
 from .protect_nodes import ProtectLoop
 from .surrogate_nodes import LoadSurrogateI2V
 
@@ -21,6 +22,7 @@ NODE_CLASS_MAPPINGS = {
     "AntiI2V_PreviewAttackVideo": PreviewAttackVideo,
     "AntiI2V_LayerPCA": LayerPCA,
     "AntiI2V_EnsembleSurrogate": EnsembleSurrogate,
+    "AntiI2V_ProtectImage": ProtectImage,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -33,6 +35,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AntiI2V_PreviewAttackVideo": "Preview Attack Video (Anti-I2V)",
     "AntiI2V_LayerPCA": "Layer PCA Maps (Anti-I2V)",
     "AntiI2V_EnsembleSurrogate": "Ensemble Surrogate (Anti-I2V)",
+    "AntiI2V_ProtectImage": "Protect Image for I2V (Anti-I2V)",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

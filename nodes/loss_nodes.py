@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from anti_i2v.dsp import DCT_CHANNEL_SETS, SPACES, DSPConfig
-from anti_i2v.losses import DiffusionLoss, EncoderLoss, IRALoss, IRCLoss, parse_indices, parse_pairs
+from anti_i2v.losses import AUTO, DiffusionLoss, EncoderLoss, IRALoss, IRCLoss, parse_layer_spec, parse_pair_spec
 
 from . import runtime
 from .comfy import CATEGORY, DSPType, LossType, io
@@ -102,11 +102,14 @@ class IRALossNode(io.ComfyNode):
                 "in the chosen denoiser blocks and VAE-encoder layers towards those of an unrelated target image."
             ),
             inputs=[
-                io.String.Input("blocks", default="27",
-                                tooltip="Denoiser block indices: '27', '0-27' or '3,10,27' (empty: none). The "
-                                        "protect node names the valid range of the loaded surrogate."),
-                io.String.Input("vae_layers", default="",
-                                tooltip="VAE-encoder layer indices, same syntax (empty: none)."),
+                io.String.Input("blocks", default=AUTO,
+                                tooltip="Denoiser block indices: 'auto' (default: the loaded model's recommended "
+                                        "block, e.g. 27 of CogVideoX-5B's 42, 26 of Wan 2.1 14B's 40; the report "
+                                        "names it), '27', '0-27' or '3,10,27' (empty: none). The protect node names "
+                                        "the valid range of the loaded surrogate."),
+                io.String.Input("vae_layers", default=AUTO,
+                                tooltip="VAE-encoder layer indices, same syntax: 'auto' (default: the model's "
+                                        "recommended, the last two), indices, or empty for none."),
                 io.Float.Input("weight", default=1.0, min=-1000.0, max=1000.0, step=0.1,
                                tooltip="Multiplier of this term in the sum."),
                 *_loss_inputs(with_target=True),
@@ -119,8 +122,8 @@ class IRALossNode(io.ComfyNode):
                 losses=None) -> io.NodeOutput:
         node = "AntiI2V_IRALoss"
         with runtime.node_errors(node):
-            term = IRALoss(blocks=parse_indices(blocks, name="blocks"),
-                           vae_layers=parse_indices(vae_layers, name="vae_layers"), weight=float(weight))
+            term = IRALoss(blocks=parse_layer_spec(blocks, name="blocks"),
+                           vae_layers=parse_layer_spec(vae_layers, name="vae_layers"), weight=float(weight))
             return io.NodeOutput(_chain(losses, term, target_image, node))
 
 
@@ -138,8 +141,10 @@ class IRCLossNode(io.ComfyNode):
                 "towards a shallow block's output for the protected photo, so deep semantics collapse."
             ),
             inputs=[
-                io.String.Input("pairs", default="3:27",
-                                tooltip="Block pairs 'shallow:deep', comma separated, e.g. '3:27' or '3:27,5:30'."),
+                io.String.Input("pairs", default=AUTO,
+                                tooltip="Block pairs 'shallow:deep', comma separated, e.g. '3:27' or '3:27,5:30'; "
+                                        "'auto' (default): the loaded model's recommended pair (CogVideoX-5B 3:27, "
+                                        "Wan 2.1 14B 3:26, SVD a mirror pair of one shape), named in the report."),
                 io.Float.Input("weight", default=1.0, min=-1000.0, max=1000.0, step=0.1,
                                tooltip="Multiplier of this term in the sum."),
                 *_loss_inputs(with_target=False),
@@ -151,7 +156,7 @@ class IRCLossNode(io.ComfyNode):
     def execute(cls, pairs: str, weight: float, losses=None) -> io.NodeOutput:
         node = "AntiI2V_IRCLoss"
         with runtime.node_errors(node):
-            term = IRCLoss(pairs=parse_pairs(pairs, name="pairs"), weight=float(weight))
+            term = IRCLoss(pairs=parse_pair_spec(pairs, name="pairs"), weight=float(weight))
             return io.NodeOutput(_chain(losses, term, None, node))
 
 

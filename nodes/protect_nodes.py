@@ -64,7 +64,10 @@ class ProtectLoop(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Seed of the timesteps and noise; the same seed gives the same result."),
                 io.Int.Input("frames", default=0, min=0, max=1024,
-                             tooltip="Pixel frames the denoiser sees for this run; 0 keeps the surrogate's."),
+                             tooltip="Pixel frames the denoiser sees for this run; 0 keeps the surrogate's. To "
+                                     "attack the video you will generate, give it WanImageToVideo's 'length' (33 "
+                                     "in ComfyUI's template) or link one INT to both; the report's "
+                                     "settings.frames_attacked says what was used."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional MASK (same size as the image; e.g. painted in the mask editor): "
                                       "where the perturbation may go, such as the face. 0 leaves pixels untouched."),
@@ -79,7 +82,7 @@ class ProtectLoop(io.ComfyNode):
                 io.String.Output(display_name="report",
                                  tooltip="JSON report: settings, L-inf, PSNR, SSIM, loss history."),
             ],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.prompt],
         )
 
     @classmethod
@@ -118,6 +121,11 @@ class ProtectLoop(io.ComfyNode):
                 with runtime.frames_for_run(surrogate, int(frames)), runtime.loaded_for_run(surrogate):
                     result = protect(x, model, objective, perturbation, config, target=target,
                                      mask=m, callback=callback)
-        report = runtime.to_json(result.report())
+        report = result.report()
+        report["warnings"] = runtime.clip_vision_warnings(cls.hidden.prompt if cls.hidden is not None else None,
+                                                          node_id)
+        for w in report["warnings"]:
+            runtime.LOG.warning("%s: %s", NODE_ID, w)
+        report = runtime.to_json(report)
         view = runtime.perturbation_view(result.perturbation, perturbation.eps01)
         return io.NodeOutput(runtime.to_comfy_image(result.protected), runtime.to_comfy_image(view), report)

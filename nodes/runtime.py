@@ -12,6 +12,8 @@
   asks ComfyUI to load it (or a native surrogate's own patchers, ``surrogate.comfy_patchers``) and frees
   memory when a run fails or is cancelled. User models are never moved with ``.to()`` here.
 * Errors: :func:`node_errors` prefixes ValueError messages with the node id (and keeps ComfyUI's interrupt).
+* Graph checks: :func:`clip_vision_warnings` finds a CLIPVisionEncode that still reads the unprotected photo
+  while the video model reads the protected one (the trap of ComfyUI's Wan 2.1 I2V template).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "node_errors",
     "perturbation_view",
     "to_json",
+    "clip_vision_warnings",
 ]
 
 LOG = logging.getLogger("anti_i2v.nodes")
@@ -276,3 +279,69 @@ def node_errors(node: str) -> Iterator[None]:
         if msg.startswith(node):
             raise
         raise ValueError(f"{node}: {msg}") from exc
+
+
+#: ComfyUI nodes that encode an image for CLIP vision and the name of their image input
+_CLIP_VISION_ENCODERS = {"CLIPVisionEncode": "image"}
+
+
+def _link_sources(node: dict) -> list[tuple[str, str]]:
+    """(input name, source node id) of every linked input of an API-format prompt node."""
+    out = []
+    for name, v in (node.get("inputs") or {}).items():
+        if isinstance(v, list) and len(v) == 2 and isinstance(v[0], (str, int)) and isinstance(v[1], int):
+            out.append((name, str(v[0])))
+    return out
+
+
+def _upstream(prompt: dict, start: str) -> set[str]:
+    """Ids of ``start`` and every node it reads from, directly or through other nodes."""
+    seen, todo = set(), [str(start)]
+    while todo:
+        nid = todo.pop()
+        if nid in seen or nid not in prompt:
+            continue
+        seen.add(nid)
+        todo += [src for _, src in _link_sources(prompt[nid])]
+    return seen
+
+
+def clip_vision_warnings(prompt: dict | None, node_id: str | None, *, image_input: str = "image") -> list[str]:
+    """Warnings for a graph that feeds CLIP vision the unprotected photo while the video model gets the protected one.
+
+    The trap: ComfyUI's Wan 2.1 I2V template sends its LoadImage to both ``WanImageToVideo.start_image`` and
+    ``CLIPVisionEncode.image``; rewiring only the first leaves the image tokens unprotected. Detected in the
+    API prompt: a ``CLIPVisionEncode`` whose image comes from the protect node's own photo source but not
+    through the protect node, whose output goes into a node that also reads the protect node's output
+    (directly or further down). A clean comparison branch (its own WanImageToVideo on the clean photo) is not
+    flagged. Returns [] when the prompt is unknown.
+    """
+    if not isinstance(prompt, dict) or node_id is None or str(node_id) not in prompt:
+        return []
+    me = str(node_id)
+    src = (prompt[me].get("inputs") or {}).get(image_input)
+    if not (isinstance(src, list) and len(src) == 2):
+        return []
+    photo = str(src[0])
+    out = []
+    for cid, node in prompt.items():
+        arg = _CLIP_VISION_ENCODERS.get(node.get("class_type"))
+        if arg is None or cid == me:
+            continue
+        cv_src = (node.get("inputs") or {}).get(arg)
+        if not (isinstance(cv_src, list) and len(cv_src) == 2):
+            continue
+        up = _upstream(prompt, str(cv_src[0]))
+        if me in up or photo not in up:
+            continue  # protected, or another image
+        for uid, user in prompt.items():
+            if not any(s == cid for _, s in _link_sources(user)):
+                continue
+            others = [s for n, s in _link_sources(user) if s != cid]
+            if any(me in _upstream(prompt, s) for s in others):
+                out.append(
+                    f"{node['class_type']} (node {cid}) encodes the UNPROTECTED photo (from node {photo}) for "
+                    f"{user.get('class_type')} (node {uid}), which uses the protected one: the CLIP-vision image "
+                    f"tokens stay unprotected. Connect {node['class_type']}.{arg} to this node's protected output.")
+                break
+    return out

@@ -132,6 +132,10 @@ class LoadSurrogateI2V(io.ComfyNode):
                 io.Model.Input("model_2", optional=True,
                                tooltip="Optional, Wan 2.2 A14B I2V: the low-noise expert ('model' is then the "
                                        "high-noise one); the protection is optimised against both."),
+                io.Combo.Input("clip_vision_crop", options=["auto", "none", "center"], default="auto", optional=True,
+                               tooltip="How the photo is fitted to clip_vision; must match your CLIPVisionEncode "
+                                       "'crop'. auto: 'none' for Wan (ComfyUI's Wan 2.1 I2V template: the whole "
+                                       "photo squashed), centre crop for SVD (its conditioning node always crops)."),
                 io.Boolean.Input("low_vram", default=False, optional=True,
                                  tooltip="Fit a 24 GB card: attack fewer frames (CogVideoX 9, Wan 5, SVD 6, or "
                                          "'frames' if smaller), recompute blocks in backward, and keep the blocks "
@@ -146,7 +150,7 @@ class LoadSurrogateI2V(io.ComfyNode):
     @classmethod
     def execute(cls, family: str, folder: str, dtype: str, frames: int, gradient_checkpointing: bool,
                 model=None, vae=None, clip_vision=None, positive=None, model_2=None,
-                low_vram: bool = False) -> io.NodeOutput:
+                clip_vision_crop: str = "auto", low_vram: bool = False) -> io.NodeOutput:
         if dtype not in DTYPES:
             raise ValueError(f"{NODE_ID}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if int(frames) < 1:
@@ -159,7 +163,8 @@ class LoadSurrogateI2V(io.ComfyNode):
                 from .native import native_surrogate
 
                 surrogate = native_surrogate(model=model, vae=vae, clip_vision=clip_vision, positive=positive,
-                                             family=family, frames=int(frames), dtype=DTYPES[dtype], model_2=model_2)
+                                             family=family, frames=int(frames), dtype=DTYPES[dtype], model_2=model_2,
+                                             clip_vision_crop=clip_vision_crop)
                 surrogate.gradient_checkpointing = bool(gradient_checkpointing)
                 if low_vram:  # the user's MODEL: ComfyUI's model management owns its devices, we offload nothing
                     surrogate.low_vram = LowVram(offload_unused=False)

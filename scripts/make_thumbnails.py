@@ -29,9 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"
 
-WAN_UNET = "wan2.1_i2v_480p_14B_bf16.safetensors"
+WAN_UNET = "wan2.1_i2v_480p_14B_fp16.safetensors"
 WAN_VAE = "wan_2.1_vae.safetensors"
 WAN_TEXT = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+WAN_CLIP_VISION = "clip_vision_h.safetensors"
 SVD_CKPT = "svd.safetensors"
 COGVIDEOX_FOLDER = "CogVideoX-5b-I2V"
 LTXV_CKPT = "ltx-video-2b-v0.9.5.safetensors"
@@ -46,6 +47,7 @@ PLACEHOLDERS = [
     f"diffusion_models/{WAN_UNET}",
     f"vae/{WAN_VAE}",
     f"text_encoders/{WAN_TEXT}",
+    f"clip_vision/{WAN_CLIP_VISION}",
     f"checkpoints/{SVD_CKPT}",
     f"checkpoints/{LTXV_CKPT}",
     f"diffusion_models/{WAN22_HIGH}",
@@ -132,36 +134,48 @@ def preset_wan21() -> tuple[dict, dict, str]:
                 text="a person looks at the camera and talks, natural head and hand motion"),
         "7": _n("CLIPTextEncode", "Negative prompt", clip=["5", 0],
                 text="blurry, static, low quality, deformed, watermark, subtitles"),
+        "22": _n("CLIPVisionLoader", clip_name=WAN_CLIP_VISION),
         "8": _n("AntiI2V_LoadSurrogateI2V", family="wan21", folder="(none)", dtype="bfloat16", frames=9,
-                gradient_checkpointing=False, model=["3", 0], vae=["4", 0], positive=["6", 0]),
+                gradient_checkpointing=False, model=["3", 0], vae=["4", 0], clip_vision=["22", 0],
+                positive=["6", 0], clip_vision_crop="none"),
         "9": _dsp(),
-        "10": _n("AntiI2V_IRALoss", blocks="26", vae_layers="14,15", weight=1.0),
-        "11": _n("AntiI2V_IRCLoss", pairs="3:26", weight=1.0, losses=["10", 0]),
+        "10": _n("AntiI2V_IRALoss", blocks="auto", vae_layers="auto", weight=1.0),
+        "11": _n("AntiI2V_IRCLoss", pairs="auto", weight=1.0, losses=["10", 0]),
         "12": _loop(["1", 0], ["8", 0], ["9", 0], ["11", 0]),
         "13": _n("SaveImage", "Save protected photo", images=["12", 0], filename_prefix="anti_i2v/protected"),
-        # protected photo -> Wan 2.1 I2V
+        # protected photo -> Wan 2.1 I2V: BOTH the start image and the CLIP-vision image are the protected photo
+        "23": _n("CLIPVisionEncode", "CLIP vision (protected photo)", clip_vision=["22", 0], image=["12", 0],
+                 crop="none"),
         "14": _n("WanImageToVideo", "Wan I2V (protected)", positive=["6", 0], negative=["7", 0], vae=["4", 0],
-                 width=832, height=480, length=33, batch_size=1, start_image=["12", 0]),
+                 clip_vision_output=["23", 0], width=832, height=480, length=33, batch_size=1,
+                 start_image=["12", 0]),
         **_video_branch("wan_protected", {"k": "15", "d": "16", "s": "17"}, model=["3", 0], cond="14",
                         latent_of="14", vae=["4", 0], sampler=sampler, fps=16.0),
-        # clean photo -> Wan 2.1 I2V (the comparison)
+        # clean photo -> Wan 2.1 I2V (the comparison, same seed)
+        "24": _n("CLIPVisionEncode", "CLIP vision (clean photo)", clip_vision=["22", 0], image=["1", 0],
+                 crop="none"),
         "18": _n("WanImageToVideo", "Wan I2V (clean)", positive=["6", 0], negative=["7", 0], vae=["4", 0],
-                 width=832, height=480, length=33, batch_size=1, start_image=["1", 0]),
+                 clip_vision_output=["24", 0], width=832, height=480, length=33, batch_size=1,
+                 start_image=["1", 0]),
         **_video_branch("wan_clean", {"k": "19", "d": "20", "s": "21"}, model=["3", 0], cond="18",
                         latent_of="18", vae=["4", 0], sampler=sampler, fps=16.0),
     }
     layout = {"2": (20, 80), "3": (20, 220), "4": (20, 340), "5": (20, 460), "6": (400, 460), "7": (400, 720),
-              "1": (20, 640), "8": (400, 80), "9": (820, 80), "10": (820, 380), "11": (820, 620),
-              "12": (1200, 80), "13": (1620, 80), "14": (1620, 420), "15": (1960, 420), "16": (2320, 420),
-              "17": (2560, 420), "18": (1620, 1000), "19": (1960, 1000), "20": (2320, 1000), "21": (2560, 1000)}
+              "22": (20, 580), "1": (20, 700), "8": (400, 80), "9": (820, 80), "10": (820, 380), "11": (820, 620),
+              "12": (1200, 80), "13": (1620, 80), "23": (1620, 760), "14": (1620, 420), "15": (1960, 420),
+              "16": (2320, 420), "17": (2560, 420), "24": (1620, 1440), "18": (1620, 1100), "19": (1960, 1100),
+              "20": (2320, 1100), "21": (2560, 1100)}
     note = (
         "## Protect a photo against your Wan 2.1 I2V model (Anti-I2V)\n\n"
-        "The surrogate is **your own** Wan 2.1 I2V model (UNETLoader / VAELoader, text prompt), so the protection "
-        "is optimised against exactly the model you sample with. Blocks 3 / 26 of the 40 of Wan 2.1 14B match the "
-        "paper's 3 / 27 of 42 (CogVideoX).\n\n"
-        "The bottom row generates the video from the **clean** photo, the row above from the **protected** "
-        "photo: compare them. Optional: add **CLIPVisionLoader** (clip_vision_h) + **CLIPVisionEncode** for "
-        "WanImageToVideo and connect the CLIP vision model to the surrogate too."
+        "The surrogate is **your own** Wan 2.1 I2V model (UNETLoader, VAELoader, CLIP vision, text prompt), so the "
+        "protection is optimised against exactly the model you sample with. Layers are `auto`: on Wan 2.1 14B "
+        "IRA block 26 + the last VAE-encoder layers, IRC 3 -> 26 (the paper's 3 / 27 of 42); the report names them.\n\n"
+        "**The protected photo must feed CLIPVisionEncode too**, not only WanImageToVideo: its image tokens "
+        "reach the sampler (ComfyUI's template wires LoadImage to both). The surrogate encodes with the same "
+        "crop (`none`, as the template). It attacks `frames` = 9 of the 33-frame video (faster); set 33 to "
+        "attack all; the report states it. To protect an existing graph instead, right-click its LoadImage: "
+        "**Anti-I2V: protect this image**.\n\n"
+        "Bottom row: video from the **clean** photo, row above: from the **protected** photo, same seed."
     )
     return g, layout, note
 
@@ -175,8 +189,8 @@ def preset_svd() -> tuple[dict, dict, str]:
         "4": _n("AntiI2V_LoadSurrogateI2V", family="svd", folder="(none)", dtype="bfloat16", frames=9,
                 gradient_checkpointing=False, model=["2", 0], vae=["2", 2], clip_vision=["2", 1]),
         "5": _dsp(),
-        "6": _n("AntiI2V_IRALoss", blocks="12", vae_layers="14,15", weight=1.0),
-        "7": _n("AntiI2V_IRCLoss", pairs="1:24", weight=1.0, losses=["6", 0]),
+        "6": _n("AntiI2V_IRALoss", blocks="auto", vae_layers="auto", weight=1.0),
+        "7": _n("AntiI2V_IRCLoss", pairs="auto", weight=1.0, losses=["6", 0]),
         "8": _loop(["1", 0], ["4", 0], ["5", 0], ["7", 0]),
         "9": _n("SaveImage", "Save protected photo", images=["8", 0], filename_prefix="anti_i2v/protected"),
         "10": _n("SVD_img2vid_Conditioning", "SVD conditioning (protected)", clip_vision=["2", 1],
@@ -197,10 +211,11 @@ def preset_svd() -> tuple[dict, dict, str]:
     note = (
         "## Protect a photo against Stable Video Diffusion (Anti-I2V)\n\n"
         "The surrogate is your SVD checkpoint (`svd.safetensors` in `models/checkpoints`): its U-Net, VAE and "
-        "CLIP vision encoder. SVD's U-Net has 25 blocks (input 0-11, middle 12, output 13-24): IRA reads the "
-        "middle block, IRC pulls the last full-resolution output block (24) onto the first input block (1) - "
-        "IRC pairs must have the same feature shape.\n\n"
-        "Bottom row: video from the **clean** photo; row above: from the **protected** photo."
+        "CLIP vision encoder. Layers are `auto`: SVD's U-Net has 25 blocks (input 0-11, middle 12, output 13-24); "
+        "IRA reads the middle block and the last VAE-encoder layers, IRC pulls an up block onto the down block "
+        "whose skip connection feeds it (2 -> 22: IRC pairs must have the same feature shape). The report names "
+        "the resolved layers.\n\n"
+        "Bottom row: video from the **clean** photo; row above: from the **protected** photo, same seed."
     )
     return g, layout, note
 
@@ -409,8 +424,9 @@ PRESETS = {
 
 #: groups per preset: (title, node ids, colour)
 GROUPS = {
-    "protect_wan21_native": [("Protected photo -> Wan 2.1 video", ["14", "15", "16", "17"], "#3f5159"),
-                             ("Clean photo -> Wan 2.1 video (comparison)", ["18", "19", "20", "21"], "#593930")],
+    "protect_wan21_native": [("Protected photo -> Wan 2.1 video", ["23", "14", "15", "16", "17"], "#3f5159"),
+                             ("Clean photo -> Wan 2.1 video (comparison)", ["24", "18", "19", "20", "21"],
+                              "#593930")],
     "protect_svd_native": [("Protected photo -> SVD video", ["10", "11", "12", "13"], "#3f5159"),
                            ("Clean photo -> SVD video (comparison)", ["14", "15", "16", "17"], "#593930")],
     "protect_wan22_native": [("Protected photo -> Wan 2.2 video", ["14", "15", "24", "16", "17"], "#3f5159"),

@@ -1,11 +1,14 @@
 """Tiny random-weight models in ComfyUI's own formats, built from ComfyUI's classes (tests only).
 
-* :func:`write_tiny_wan21_i2v` - ``models/diffusion_models/wan2.1_i2v_480p_14B_bf16.safetensors``: a
+* :func:`write_tiny_wan21_i2v` - ``models/diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors``: a
   ``comfy.ldm.wan.model.WanModel(model_type="i2v", in_dim=36, dim=128, ffn_dim=256, num_heads=1, num_layers=2,
   out_dim=16)``; UNETLoader detects it as ``WAN21_I2V`` from key names and shapes alone (about 12 MB in bf16).
 * :func:`write_tiny_wan_vae` - ``models/vae/wan_2.1_vae.safetensors``: ``comfy.ldm.wan.vae.WanVAE(dim=16,
   z_dim=16)``; VAELoader detects the Wan 2.1 VAE and reads ``dim`` from ``decoder.head.0.gamma``.
 * :func:`write_tiny_wan_t2v` - a Wan 2.1 *text*-to-video file (16 input channels), for the "not I2V" error.
+* :func:`install_clip_vision_h` - ``models/clip_vision/clip_vision_h.safetensors``: the random ViT-H/14 vision
+  tower of the SVD checkpoint below (``CLIPVisionLoader`` picks its config by the layers present, and Wan's
+  ``img_emb`` needs ViT-H's 1280-wide tokens, so it cannot be smaller), for ComfyUI's Wan 2.1 I2V template.
 * :func:`tiny_clip_vision` - a ``comfy.clip_vision.ClipVisionModel`` from a tiny JSON config (hidden 1280 as
   Wan's ``img_emb`` requires, one layer, 28-pixel input).
 * :func:`tiny_svd` - SVD as ``(MODEL, VAE, CLIP_VISION)`` built in memory from ComfyUI's classes (fast, for
@@ -47,10 +50,11 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMFY_DIR = REPO_ROOT / ".cache" / "comfyui"
 
-WAN_I2V_FILE = "wan2.1_i2v_480p_14B_bf16.safetensors"
+WAN_I2V_FILE = "wan2.1_i2v_480p_14B_fp16.safetensors"
 WAN_T2V_FILE = "wan2.1_t2v_1.3B_bf16.safetensors"
 WAN_VAE_FILE = "wan_2.1_vae.safetensors"
 SVD_FILE = "svd.safetensors"
+CLIP_VISION_H_FILE = "clip_vision_h.safetensors"
 #: bump when the layout or the weight recipe of :func:`write_svd_checkpoint` changes (invalidates the cache)
 SVD_CHECKPOINT_VERSION = 1
 SVD_CACHE_DIR = REPO_ROOT / ".cache" / "anti_i2v_tests"
@@ -101,6 +105,8 @@ __all__ = [
     "write_tiny_wan22_ti2v",
     "cached_wan22_vae",
     "install_wan22_vae",
+    "CLIP_VISION_H_FILE",
+    "install_clip_vision_h",
 ]
 
 
@@ -571,6 +577,41 @@ def install_wan22_vae(models_dir: str | Path, *, seed: int = 0, name: str = WAN2
     """Put the cached random Wan 2.2 VAE at ``models_dir/vae/name`` (hard link, else a copy)."""
     src = cached_wan22_vae(seed=seed)
     dst = Path(models_dir) / "vae" / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst
+
+
+def cached_clip_vision_h(*, seed: int = 0) -> Path:
+    """The ViT-H/14 tower of :func:`cached_svd_checkpoint` as a ``clip_vision_h.safetensors`` (open_clip ``visual.*``
+    keys, which ``comfy.clip_vision.load`` converts), written once next to it in ``.cache/anti_i2v_tests`` (1.3 GB)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    svd = cached_svd_checkpoint(seed=seed)
+    path = svd.with_name(svd.name.replace("svd-random-", "clip-vision-h-random-"))
+    if not path.is_file():
+        for old in SVD_CACHE_DIR.glob("clip-vision-h-random-*.safetensors"):
+            old.unlink(missing_ok=True)
+        cut = len(_SVD_CLIP_PREFIX) - len("visual.")
+        with safe_open(str(svd), framework="pt") as f:
+            sd = {k[cut:]: f.get_tensor(k) for k in f.keys() if k.startswith(_SVD_CLIP_PREFIX)}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        save_file(sd, str(tmp), metadata={"anti_i2v_test": f"random-weight ViT-H/14 of {svd.name}"})
+        del sd
+        os.replace(tmp, path)
+    return path
+
+
+def install_clip_vision_h(models_dir: str | Path, *, seed: int = 0, name: str = CLIP_VISION_H_FILE) -> Path:
+    """Put the cached random ViT-H at ``models_dir/clip_vision/name`` (hard link, else a copy)."""
+    src = cached_clip_vision_h(seed=seed)
+    dst = Path(models_dir) / "clip_vision" / name
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists() or dst.is_symlink():
         dst.unlink()

@@ -4,7 +4,7 @@ One ComfyUI server (``tests/comfy_harness.py``) for the module, with this pack, 
 random-weight models under the file names the presets use:
 
 * ``models/diffusers/CogVideoX-5b-I2V``: a tiny diffusers CogVideoX-I2V (the adapter's ``save_tiny``);
-* ``models/diffusion_models/wan2.1_i2v_480p_14B_bf16.safetensors`` and ``models/vae/wan_2.1_vae.safetensors``:
+* ``models/diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors`` and ``models/vae/wan_2.1_vae.safetensors``:
   tiny native Wan 2.1 files (``tests/comfy_models.py``), loaded by the preset's own UNETLoader / VAELoader;
 * ``models/diffusion_models/wan2.2_i2v_{high,low}_noise_14B_fp16.safetensors``: two tiny Wan 2.2 A14B I2V experts
   (``tests/comfy_models.py``), loaded by the preset's own UNETLoaders; the two KSamplerAdvanced keep their chain
@@ -29,9 +29,12 @@ What the run changes in the converted prompt, on purpose (the graph itself runs 
 * CLIPLoader + CLIPTextEncode become ``AntiI2VTest_ZeroConditioning`` (width 4096; with an all-ones attention
   mask in the LTX-Video preset, as T5 gives): the umT5-XXL / T5-XXL text encoders cannot be made tiny;
 * sizes, frame counts and step counts go down to seconds on CPU (64x64 pixels, 2 steps, 5 attacked frames);
-* for the CogVideoX and Wan presets, dtype float32 and layer indices the 2-block tiny models have (instead of
-  the real models' 27 / 26 ...). The SVD checkpoint keeps SVD's real 25-block U-Net and SD VAE, so the SVD
-  preset runs with its shipped layers (IRA on block 12 and VAE layers 14,15, IRC 1:24) and dtype.
+* for the CogVideoX presets, dtype float32 and layer indices the 2-block tiny models have (instead of 27 ...);
+  the Wan and SVD presets keep their ``auto`` layers, which resolve on the loaded model (tiny Wan: 1 and 0:1;
+  the SVD checkpoint keeps SVD's real 25-block U-Net and SD VAE: IRA 12 + VAE layers 14,15, IRC 2:22).
+* the Wan preset's CLIPVisionLoader loads a random ViT-H (``clip_vision_h.safetensors``, Wan's img_emb needs
+  its 1280-wide tokens); both CLIPVisionEncode nodes run, but the surrogate is built without it (the attack
+  through the ViT-H, forward and backward, is run once, by the test of ComfyUI's template below).
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_wan22_native",
            "protect_wan22_ti2v_native", "protect_ltxv_native", "protect_batch"]
 EXTENSION = "AntiI2V.LossChart"
+ACTION = "Anti-I2V: protect this image"
+TEMPLATE = "image_to_video_wan"  # ComfyUI's official Wan 2.1 I2V template (comfyui-workflow-templates)
+TEMPLATE_PHOTO = "image_to_video_wan_start_image.png"  # the file name its LoadImage names
 LOOP = "AntiI2V_ProtectLoop"
 
 _LOAD_JS = r"""
@@ -114,11 +120,13 @@ def _tiny(prompt: dict, *, shipped_layers: bool = False) -> dict:
                     "inputs": {"width": 4096, "tokens": 8, **({"attention_mask": True} if ltxv else {})}}
         elif ct == "AntiI2V_LoadSurrogateI2V":
             inp["frames"] = 5
-            if not shipped_layers:
+            if not shipped_layers:  # (SVD needs its CLIP vision: its image embedding is the context)
                 inp["dtype"] = "float32"
-        elif ct == "AntiI2V_IRALoss" and not shipped_layers:
+                # the ViT-H's forward + backward would dominate the run; the template test attacks through it
+                inp.pop("clip_vision", None)
+        elif ct == "AntiI2V_IRALoss" and not shipped_layers and inp["blocks"] != "auto":
             inp.update(blocks="1", vae_layers="1")
-        elif ct == "AntiI2V_IRCLoss" and not shipped_layers:
+        elif ct == "AntiI2V_IRCLoss" and not shipped_layers and inp["pairs"] != "auto":
             inp.update(pairs="0:1")
         elif ct == LOOP:
             inp.update(steps=2)
@@ -168,6 +176,9 @@ def stack(tmp_path_factory):
     comfy_models.install_wan22_vae(server.models_dir)  # 1.4 GB, written once into .cache/anti_i2v_tests
     comfy_models.write_tiny_wan22_i2v(server.models_dir / "diffusion_models", seed=0)
     comfy_models.write_tiny_wan22_i2v(server.models_dir / "diffusion_models", seed=5, name=comfy_models.WAN22_LOW_FILE)
+    comfy_models.install_clip_vision_h(server.models_dir)  # its ViT-H tower, for ComfyUI's Wan 2.1 I2V template
+    # the template's photo, non-square (80 x 48) so that CLIPVisionEncode's crop matters
+    Image.fromarray(skdata.astronaut()[40:340, 6:506]).resize((80, 48)).save(server.input_dir / TEMPLATE_PHOTO)
     Image.fromarray(skdata.astronaut()).resize((64, 64)).save(server.input_dir / "example.png")
     shots = Path(os.environ.get("ANTI_I2V_SCREENSHOTS") or base / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
@@ -233,6 +244,9 @@ def test_preset_loads_converts_and_runs(stack, name):
     assert {v["class_type"] for v in prompt.values()} == real, f"{name}: graphToPrompt lost or added nodes"
     # API prompts list every required input: spot-check the pack's widgets came through with their values
     loop = next(v for v in prompt.values() if v["class_type"] == LOOP)
+    from anti_i2v.protect import ProtectConfig
+
+    assert loop["inputs"]["steps"] == 200 and loop["inputs"]["optimizer"] == ProtectConfig().optimizer
     # the Python converter the demo uses gives the frontend's prompt for the shipped preset
     from scripts.comfy_workflow import ui_to_api
 
@@ -251,8 +265,11 @@ def test_preset_loads_converts_and_runs(stack, name):
               for k, v in prompt.items()}
     assert mine == json.loads(json.dumps(theirs)), f"{name}: scripts/comfy_workflow.ui_to_api differs from graphToPrompt"
 
+    if "wan21" in name:  # the clean comparison branch's CLIPVisionEncode is not mistaken for the trap
+        loop_key = next(k for k, v in prompt.items() if v["class_type"] == LOOP)
+        assert _runtime_module().clip_vision_warnings(prompt, loop_key) == []
     prompt_id = server.post_prompt(_tiny(prompt, shipped_layers="svd" in name))
-    entry = server.wait(prompt_id, timeout=240)
+    entry = server.wait(prompt_id, timeout=480)  # seconds on an idle machine; generous for a busy one
     err = server.error_of(entry)
     assert err is None, f"{name}: {err and (err.get('node_type'), err.get('exception_message'))}"
     assert entry["status"]["status_str"] == "success"
@@ -271,3 +288,109 @@ def test_preset_loads_converts_and_runs(stack, name):
     assert isinstance(state["lastLoss"], (int, float)) and state["terms"], state
     browser.screenshot(shots / f"{name}_after_run.png")
     assert not _pack_errors(browser.console()), f"{name}: console errors from the pack after the run"
+
+
+_TEMPLATE_JS = r"""
+const [url, label, done] = arguments;
+(async () => {
+  const wf = await (await fetch(url)).json();
+  await app.loadGraphData(wf, true, true, "image_to_video_wan");
+  const load = app.graph.nodes.find((n) => n.type === "LoadImage");
+  const before = (load.outputs[0].links ?? []).length;
+  const items = app.canvas.getNodeMenuOptions(load).filter(Boolean);
+  const item = items.find((o) => o.content === label);
+  if (!item) { done({error: "no menu entry; entries: " + items.map((o) => o.content).join(" | ")}); return; }
+  item.callback();
+  app.graph.setDirtyCanvas(true, true);
+  const p = app.graph.nodes.filter((n) => n.type === "AntiI2V_ProtectImage");
+  done({template: wf, before, after: (load.outputs[0].links ?? []).length, added: p.map((n) => n.id),
+        widgets: Object.fromEntries(p[0].widgets.map((w) => [w.name, w.value]))});
+})().catch((e) => done({error: String(e && e.stack || e)}));
+"""
+
+
+def _runtime_module():
+    """nodes/runtime.py by path (absolute imports only; the ``nodes`` package itself imports ComfyUI)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("anti_i2v_nodes_runtime", REPO / "nodes" / "runtime.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_official_wan_template_protected_by_the_menu_action_runs(stack):
+    """ComfyUI's own Wan 2.1 I2V template, loaded as shipped, protected with the one-click action, runs.
+
+    Substitutions in the converted prompt, and nothing else: CLIPLoader + CLIPTextEncode become the test
+    conditioning node (umT5-XXL cannot be made tiny); sizes, length, steps go down (80 x 48, 5 frames, 1 protect
+    step, 2 sampler steps); a PreviewAny shows the protect node's report. The models load through the template's
+    own UNETLoader, VAELoader and CLIPVisionLoader (a random ViT-H: Wan's img_emb needs its 1280-wide tokens).
+    """
+    import comfyui_workflow_templates as templates
+
+    server, browser, shots = stack
+    browser.console()
+    info = browser.execute_async(_TEMPLATE_JS, f"/templates/{TEMPLATE}.json", ACTION)
+    assert "error" not in info, info.get("error")
+    shipped = json.loads(Path(templates.get_asset_path(TEMPLATE, f"{TEMPLATE}.json")).read_text())
+    assert info["template"] == shipped  # the template as the installed package ships it
+    assert info["before"] == 2 and info["after"] == 1 and len(info["added"]) == 1
+    assert info["widgets"]["frames"] == 33 and info["widgets"]["clip_vision_crop"] == "none"  # from the graph
+    browser.screenshot(shots / f"{TEMPLATE}_protected.png")
+    assert not _pack_errors(browser.console()), "console errors from the pack"
+    conv = browser.execute_async(_PROMPT_JS)
+    assert "error" not in conv, conv.get("error")
+    prompt = conv["output"]
+
+    pid = str(info["added"][0])
+    by_type = {v["class_type"]: k for k, v in prompt.items()}
+    load, i2v, cve = by_type["LoadImage"], by_type["WanImageToVideo"], by_type["CLIPVisionEncode"]
+    node = prompt[pid]["inputs"]
+    # BOTH consumers of the photo now read the protected image: the sampler's CLIP-vision input included
+    assert prompt[i2v]["inputs"]["start_image"] == [pid, 0]
+    assert prompt[cve]["inputs"]["image"] == [pid, 0], "CLIPVisionEncode still reads the unprotected photo"
+    readers = [k for k, v in prompt.items() for x in v["inputs"].values() if x == [load, 0]]
+    assert readers == [pid]
+    # the graph's own models were connected
+    assert node["model"] == [by_type["ModelSamplingSD3"], 0] and node["vae"] == [by_type["VAELoader"], 0]
+    assert node["clip_vision"] == [by_type["CLIPVisionLoader"], 0]
+    assert node["positive"] == prompt[i2v]["inputs"]["positive"]
+    # the warning for the trap the action avoids: CLIPVisionEncode left on the clean photo
+    runtime = _runtime_module()
+    assert runtime.clip_vision_warnings(prompt, pid) == []
+    half = json.loads(json.dumps(prompt))
+    half[cve]["inputs"]["image"] = [load, 0]
+    (warning,) = runtime.clip_vision_warnings(half, pid)
+    assert f"CLIPVisionEncode (node {cve}) encodes the UNPROTECTED photo" in warning and f"node {i2v}" in warning
+
+    run = {}
+    for nid, n in prompt.items():
+        n = json.loads(json.dumps(n))
+        if n["class_type"] == "CLIPLoader":
+            continue
+        if n["class_type"] == "CLIPTextEncode":
+            n = {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 8}}
+        elif n["class_type"] == "WanImageToVideo":
+            n["inputs"].update(width=80, height=48, length=5)
+        elif n["class_type"] == "KSampler":
+            n["inputs"].update(steps=2)
+        elif n["class_type"] == "AntiI2V_ProtectImage":
+            n["inputs"].update(frames=5, steps=1)  # the video's length, as the action set it (33 -> 5 here)
+        run[nid] = n
+    run["9001"] = {"class_type": "PreviewAny", "inputs": {"source": [pid, 1]}}
+    prompt_id = server.post_prompt(run)
+    entry = server.wait(prompt_id, timeout=420)
+    err = server.error_of(entry)
+    assert err is None, f"{err and (err.get('node_type'), err.get('exception_message'))}\n{server.log()[-3000:]}"
+    saved = [p for nid in entry["outputs"] for p in server.output_files(entry, nid)]
+    assert any(p.suffix == ".mp4" and p.stat().st_size > 0 for p in saved), saved
+    report = json.loads(entry["outputs"]["9001"]["text"][0])
+    st = report["settings"]
+    assert report["warnings"] == [] and st["frames_attacked"] == 5
+    assert st["surrogate"]["clip_vision"] is True and st["surrogate"]["clip_vision_crop"] == "none"
+    ira, irc = st["losses"]
+    assert ira["auto"] == ["blocks", "vae_layers"] and ira["blocks"] == [1]  # the tiny model has 2 blocks
+    assert irc["pairs"] == [[0, 1]] and irc["auto"] == ["pairs"]
+    assert any(n.startswith("IRA 'auto' on wan21-native: blocks 1") for n in st["notes"])
+    assert 0 < report["linf_255"][0] <= 8 + 1e-3  # the default strength's budget

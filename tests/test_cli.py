@@ -244,3 +244,18 @@ class TestInertRun:
         some = Objective((IRALoss(blocks=(1,), weight=0.0), IRCLoss(pairs=((0, 2),), weight=1.0)))
         assert _inert_reason(some, ProtectConfig(steps=5)) is None
         assert "0 steps" in _inert_reason(some, ProtectConfig(steps=0))
+
+
+def test_auto_layers_are_resolved_printed_and_reported(photos, tmp_path, capsys):
+    """``--ira-blocks auto`` (the default when left out) takes the model's layers; stderr and the report say which."""
+    from anti_i2v.surrogates import tiny_surrogate
+
+    out = tmp_path / "out"
+    assert _run(photos / "a.png", "--out", out, "--demo", "--surrogate", "wan21", "--ira-blocks", "auto",
+                "--vae-layers", "0", "--steps", "0", "--quiet") == 0
+    blocks = tiny_surrogate("wan21", seed=0).default_objective().terms[0].blocks
+    assert f"note: IRA 'auto' on wan21: blocks {','.join(map(str, blocks))}, VAE-encoder layers 0" in capsys.readouterr().err
+    rep = json.loads((out / "a.report.json").read_text())
+    ira = rep["settings"]["losses"][0]
+    assert ira["blocks"] == list(blocks) and ira["vae_layers"] == [0] and ira["auto"] == ["blocks"]
+    assert rep["settings"]["frames_attacked"] >= 1

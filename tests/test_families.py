@@ -72,3 +72,24 @@ def test_models_unchanged_after_success_failure_and_cancel(tiny):
     finally:
         h.remove()
     assert _same(before, _state(tiny))
+
+
+def test_auto_layers_resolve_to_the_family_recommendation_and_reach_the_report(tiny):
+    """``"auto"`` layer fields take this family's ``default_objective()`` layers; the report names them."""
+    from anti_i2v.losses import IRALoss, IRCLoss, Objective, resolve_objective
+
+    auto = Objective((IRALoss(blocks="auto", vae_layers="auto"), IRCLoss(pairs="auto", weight=0.5)))
+    resolved = resolve_objective(auto, tiny)
+    default = tiny.default_objective()
+    d_ira = next(t for t in default.terms if isinstance(t, IRALoss))
+    ira = next(t for t in resolved.terms if isinstance(t, IRALoss))
+    assert (ira.blocks, ira.vae_layers, ira.auto) == (d_ira.blocks, d_ira.vae_layers, ("blocks", "vae_layers"))
+    d_irc = [t for t in default.terms if isinstance(t, IRCLoss)]
+    irc = [t for t in resolved.terms if isinstance(t, IRCLoss)]
+    assert [t.pairs for t in irc] == [t.pairs for t in d_irc] and all(t.weight == 0.5 for t in irc)
+    r = protect(torch.rand(1, 3, 32, 40), tiny, auto, CFG, ProtectConfig(steps=0))
+    losses = r.report()["settings"]["losses"]
+    assert losses[0]["blocks"] == list(d_ira.blocks) and losses[0]["auto"] == ["blocks", "vae_layers"]
+    notes = r.report()["settings"]["notes"]
+    assert any(n.startswith(f"IRA 'auto' on {tiny.family}: blocks {','.join(map(str, d_ira.blocks))}") for n in notes)
+    assert r.report()["settings"]["frames_attacked"] == tiny.num_frames

@@ -11,9 +11,13 @@ from anti_i2v.losses import (
     EncoderLoss,
     IRALoss,
     IRCLoss,
+    AUTO,
     Objective,
     parse_indices,
+    parse_layer_spec,
+    parse_pair_spec,
     parse_pairs,
+    resolve_objective,
 )
 from anti_i2v.surrogates.base import Features
 
@@ -138,3 +142,51 @@ class TestParsing:
         with pytest.raises(ValueError, match="allowed indices are 0-4096"):
             parse_pairs([(3, 5000)])
         assert parse_pairs([(3, 27)]) == ((3, 27),)
+
+
+class _Depth:
+    """Just what ``Surrogate.default_objective`` reads: a family name, block and VAE-layer counts."""
+
+    def __init__(self, family, blocks, vae_layers, irc_ok=True):
+        self.family, self.num_blocks, self.num_vae_layers, self.irc_ok = family, blocks, vae_layers, irc_ok
+
+    def block_shapes_match(self, i, j):
+        return self.irc_ok
+
+    def default_objective(self):
+        from anti_i2v.surrogates.base import Surrogate
+
+        return Surrogate.default_objective(self)
+
+
+class TestAutoLayers:
+    def test_auto_follows_the_depth_of_the_loaded_model(self):
+        auto = IRALoss(blocks="auto", vae_layers="auto") + IRCLoss(pairs=AUTO)
+        cog = resolve_objective(auto, _Depth("cogvideox", 42, 5))
+        wan = resolve_objective(auto, _Depth("wan21", 40, 16))
+        assert cog.terms[0].blocks == (27,) and cog.terms[1].pairs == ((3, 27),)  # the paper's CogVideoX layers
+        assert wan.terms[0].blocks == (26,) and wan.terms[1].pairs == ((3, 26),)  # Wan 2.1 14B: 26 and 3:26
+        assert wan.terms[0].vae_layers == (14, 15)
+        assert "IRC 'auto' on wan21: pairs 3->26 (the model's recommended pair)" in wan.notes
+
+    def test_explicit_fields_stay_and_missing_recommendations_are_noted(self):
+        mixed = Objective((IRALoss(blocks=(5,), vae_layers="auto"), IRCLoss(pairs="auto")))
+        out = resolve_objective(mixed, _Depth("unet", 25, 8, irc_ok=False))
+        assert len(out.terms) == 1 and out.terms[0].blocks == (5,) and out.terms[0].vae_layers == (6, 7)
+        assert out.terms[0].auto == ("vae_layers",)
+        assert any(n.startswith("IRC left out: unet") for n in out.notes)
+        with pytest.raises(ValueError, match="empty after resolving"):
+            resolve_objective(IRCLoss(pairs="auto"), _Depth("unet", 25, 8, irc_ok=False))
+        plain = IRALoss(blocks=(1,)) + IRCLoss(pairs=((0, 1),))
+        assert resolve_objective(plain, _Depth("x", 4, 2)) is plain
+
+    def test_unresolved_terms_refuse_to_run_and_parse(self):
+        with pytest.raises(ValueError, match="'auto'; resolve it"):
+            IRALoss(blocks="auto").request()
+        with pytest.raises(ValueError, match="'auto'; resolve it"):
+            IRCLoss(pairs="auto").request()
+        assert IRALoss(blocks=" Auto ").describe()["blocks"] == AUTO
+        assert parse_layer_spec("auto") == AUTO and parse_layer_spec("3,1") == (1, 3)
+        assert parse_pair_spec("AUTO") == AUTO and parse_pair_spec("3:27") == ((3, 27),)
+        with pytest.raises(ValueError, match="blocks: cannot read"):
+            parse_layer_spec("autox", name="blocks")

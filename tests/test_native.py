@@ -205,6 +205,38 @@ def test_wan_with_clip_vision_and_positive(native, wan):
         native.native_surrogate(model=model, vae=vae, positive=[[torch.zeros(1, 3, 77), {}]])
 
 
+def test_wan_clip_vision_crop_encodes_like_clip_vision_encode(native, wan):
+    """A non-square photo reaches CLIP vision exactly as ``CLIPVisionEncode`` (crop none / center) sends it.
+
+    ``CLIPVisionEncode.encode`` (ComfyUI's nodes.py, not importable in this process) is one call,
+    ``clip_vision.encode_image(image, crop=crop == "center")``: that call is the reference. The photo is 48 x 80,
+    its own working size, so the attack sees the very pixels the graph's CLIPVisionEncode sees.
+    """
+    model, vae = wan
+    cv = cm.tiny_clip_vision()
+    g = torch.Generator().manual_seed(3)
+    photo = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 10, generator=g), size=(48, 80), mode="bilinear")
+    got = {}
+    for crop in ("none", "center"):
+        s = native.native_surrogate(model=model, vae=vae, clip_vision=cv, frames=1, clip_vision_crop=crop)
+        assert s.working_size(48, 80) == (48, 80)
+        with torch.no_grad():
+            cond = s.encode_image(photo)
+        with torch.inference_mode():
+            ref = cv.encode_image(photo.movedim(1, -1).clone(), crop=crop == "center")
+        for key in ("penultimate_hidden_states", "image_embeds"):
+            ours = cond.parts[f"clip_vision.{key}"]
+            assert ours.shape == ref[key].shape
+            torch.testing.assert_close(ours.float(), ref[key].float(), atol=1e-5, rtol=1e-4)  # float32 kernels
+        got[crop] = cond.parts["clip_vision.penultimate_hidden_states"]
+    # the two crops see different pixels of a non-square photo: the choice matters
+    assert (got["none"] - got["center"]).abs().max() > 1e-3
+    default = native.native_surrogate(model=model, vae=vae, clip_vision=cv, frames=1)
+    assert default.describe()["clip_vision_crop"] == "none"  # ComfyUI's Wan 2.1 I2V template: crop none
+    with pytest.raises(ValueError, match="clip_vision_crop must be one of"):
+        native.native_surrogate(model=model, vae=vae, clip_vision=cv, clip_vision_crop="left")
+
+
 def test_non_i2v_models_are_refused(native, wan, wan_files):
     model, vae = wan
     t2v = _load_unet(wan_files["t2v"])
@@ -254,6 +286,9 @@ def test_svd_native_surrogate(native):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="clip_vision: SVD needs"):
         native.native_surrogate(model=model, vae=vae)
+    assert s.describe()["clip_vision_crop"] == "center"  # SVD_img2vid_Conditioning always centre-crops
+    with pytest.raises(ValueError, match="'none' does not apply to SVD"):
+        native.native_surrogate(model=model, vae=vae, clip_vision=cv, clip_vision_crop="none")
 
 
 # ---------------------------------------------------------------------------------------------- one z_t

@@ -29,6 +29,7 @@ NODE_IDS = [
     "AntiI2V_PreviewAttackVideo",
     "AntiI2V_LayerPCA",
     "AntiI2V_EnsembleSurrogate",
+    "AntiI2V_ProtectImage",
 ]
 EPS = 16.0
 PHOTO = "anti_i2v_photo.png"
@@ -353,6 +354,47 @@ def test_objective_that_cannot_move_the_photo_is_reported_by_the_node(srv):
     out = np.asarray(Image.open(saved).convert("RGB"))
     src = np.asarray(Image.open(srv.input_dir / PHOTO).convert("RGB"))
     assert np.array_equal(out, src)
+
+
+def test_auto_layers_resolve_per_family_and_appear_in_the_report(srv):
+    """The loss nodes' default 'auto' resolves to each loaded family's recommended layers; the report names them."""
+    from anti_i2v.losses import IRALoss, IRCLoss
+    from anti_i2v.surrogates import tiny_surrogate
+
+    info = srv.object_info()
+    assert info["AntiI2V_IRALoss"]["input"]["required"]["blocks"][1]["default"] == "auto"
+    assert info["AntiI2V_IRCLoss"]["input"]["required"]["pairs"][1]["default"] == "auto"
+    for i, (family, folder) in enumerate(sorted(srv.tiny_models.items())):
+        g = graph(steps=1, seed=40 + i, folder=folder, blocks="auto", vae_layers="auto", pairs="auto")
+        g["6"]["inputs"]["frames"] = 5  # the loop's frames override the loader's 9 (4k+1 for CogVideoX)
+        if i == 0:  # the half-rewired template: CLIPVisionEncode left on the clean photo, WanImageToVideo protected
+            g["50"] = {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["51", 0], "image": ["1", 0],
+                                                                     "crop": "none"}}
+            g["51"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "clip_vision_h.safetensors"}}
+            g["52"] = {"class_type": "WanImageToVideo", "inputs": {
+                "positive": ["53", 0], "negative": ["53", 0], "vae": ["54", 0], "clip_vision_output": ["50", 0],
+                "start_image": ["6", 0], "width": 64, "height": 64, "length": 5, "batch_size": 1}}
+            # (not connected to an output: ComfyUI neither validates nor runs them, but they are in the prompt)
+            g["53"] = {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 4}}
+            g["54"] = {"class_type": "VAELoader", "inputs": {"vae_name": "wan_2.1_vae.safetensors"}}
+        entry = run(srv, g)
+        assert_success(srv, entry)
+        report = json.loads(text_output(entry, "9"))
+        st = report["settings"]
+        if i == 0:
+            (warning,) = report["warnings"]
+            assert warning.startswith("CLIPVisionEncode (node 50) encodes the UNPROTECTED photo (from node 1)")
+            assert "WanImageToVideo (node 52)" in warning
+        else:
+            assert report["warnings"] == []
+        expected = tiny_surrogate(family, seed=0).default_objective()  # the same tiny architecture
+        ira = next(t for t in expected.terms if isinstance(t, IRALoss))
+        assert st["losses"][0]["blocks"] == list(ira.blocks) and st["losses"][0]["vae_layers"] == list(ira.vae_layers)
+        assert st["losses"][0]["auto"] == ["blocks", "vae_layers"]
+        irc = [t.pairs for t in expected.terms if isinstance(t, IRCLoss)]
+        assert [t["pairs"] for t in st["losses"][1:]] == [[list(p) for p in pairs] for pairs in irc]
+        assert any(n.startswith(f"IRA 'auto' on {st['surrogate']['family']}: blocks") for n in st["notes"]), st["notes"]
+        assert st["frames_attacked"] == 5, family
 
 
 def entry_id(entry: dict) -> str:

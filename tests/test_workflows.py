@@ -175,7 +175,7 @@ def test_layer_indices_and_weights_are_visible_widgets(name):
             assert need <= widgets, f"{name}: {n['type']} hides {need - widgets}"
             for v in n["widgets_values"]:
                 if isinstance(v, str):
-                    assert re.fullmatch(r"[0-9,:\- ]*", v), f"{name}: odd layer text {v!r}"
+                    assert v == "auto" or re.fullmatch(r"[0-9,:\- ]*", v), f"{name}: odd layer text {v!r}"
 
 
 def test_every_pack_node_has_a_help_page(schema):
@@ -200,3 +200,31 @@ def test_frontend_extension_is_safe_and_wired():
     assert 'from "../../scripts/app.js"' in src and 'from "../../scripts/api.js"' in src
     assert 'api.addEventListener(EVENT' in src and '"anti_i2v.progress"' in src
     assert '"AntiI2V_ProtectLoop"' in src and "app.registerExtension" in src
+
+
+@pytest.mark.parametrize("name", ["protect_wan21_native", "protect_svd_native"])
+def test_comparison_videos_share_a_fixed_seed(name):
+    """Clean and protected videos come from the same sampler settings and a fixed seed, so they are comparable."""
+    samplers = [n for n in _load(name)["nodes"] if n["type"] == "KSampler"]
+    assert len(samplers) == 2
+    a, b = (n["widgets_values"] for n in samplers)
+    assert a == b and a[1] == "fixed", (a, b)  # [seed, control_after_generate, steps, cfg, ...]
+
+
+def test_wan_preset_feeds_the_protected_photo_to_clip_vision():
+    """Both CLIPVisionEncode and WanImageToVideo of the protected branch read the protect node's output."""
+    wf = _load("protect_wan21_native")
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    src = {(l[3], l[4]): l[1] for l in wf["links"]}  # (target node, target slot) -> source node
+    loop = next(i for i, n in nodes.items() if n["type"] == "AntiI2V_ProtectLoop")
+
+    def reads(node, name):
+        slot = next(i for i, x in enumerate(node["inputs"]) if x["name"] == name)
+        return src.get((node["id"], slot))
+
+    wan = [n for n in nodes.values() if n["type"] == "WanImageToVideo"]
+    protected = [n for n in wan if reads(n, "start_image") == loop]
+    assert len(protected) == 1
+    cve = nodes[reads(protected[0], "clip_vision_output")]
+    assert cve["type"] == "CLIPVisionEncode" and reads(cve, "image") == loop
+    assert cve["widgets_values"] == ["none"]  # ComfyUI's Wan 2.1 I2V template's crop

@@ -21,7 +21,9 @@ import torch
 
 from anti_i2v.surrogates.base import Surrogate
 
-from .base import _DTYPES, NATIVE_FAMILIES, NativeSurrogate, _describe_model, detect_native_family
+from .base import (
+    _DTYPES, CLIP_VISION_CROPS, NATIVE_FAMILIES, NativeSurrogate, _describe_model, detect_native_family,
+)
 from .ltxv import NativeLTXVSurrogate
 from .svd import NativeSVDSurrogate
 from .wan21 import NativeWan21Surrogate
@@ -29,6 +31,7 @@ from .wan22 import WAN22_I2V_BOUNDARY, NativeWan22MoESurrogate, NativeWan22TI2VS
 
 __all__ = [
     "NATIVE_FAMILIES",
+    "CLIP_VISION_CROPS",
     "NativeSurrogate",
     "NativeWan21Surrogate",
     "NativeWan22MoESurrogate",
@@ -43,7 +46,7 @@ __all__ = [
 def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive: Any = None,
                      family: str = "auto", frames: int = 9, dtype: str | torch.dtype = "bfloat16",
                      size: tuple[int, int] | None = None, model_2: Any = None,
-                     boundary: float = WAN22_I2V_BOUNDARY) -> Surrogate:
+                     boundary: float = WAN22_I2V_BOUNDARY, clip_vision_crop: str = "auto") -> Surrogate:
     """Build a surrogate from the user's ComfyUI models (the ``model`` input of AntiI2V_LoadSurrogateI2V).
 
     Args:
@@ -61,6 +64,10 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
         model_2: Wan 2.2 A14B I2V: the low-noise expert (``model`` is then the high-noise one); both are attacked
             in one run (:class:`NativeWan22MoESurrogate`).
         boundary: Wan 2.2 A14B: the flow sigma where the user's graph switches experts (default 0.9).
+        clip_vision_crop: how the photo is fitted to CLIP vision, as the graph's own node does it: ``"auto"``
+            (Wan: ``"none"``, the crop of ``CLIPVisionEncode`` in ComfyUI's Wan 2.1 I2V template; SVD:
+            ``"center"``, what ``SVD_img2vid_Conditioning`` always does), ``"none"`` (squash the whole photo) or
+            ``"center"`` (centre crop). On a non-square photo the two differ: match your ``CLIPVisionEncode``.
 
     Returns:
         A :class:`NativeWan21Surrogate`, :class:`NativeWan22MoESurrogate`, :class:`NativeWan22TI2VSurrogate`,
@@ -95,11 +102,19 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
     if family != "auto" and family != detected:
         raise ValueError(f"family is {family!r} but the connected model is {_describe_model(model)} ({detected}); "
                          f"choose 'auto' or {detected!r}")
+    if clip_vision_crop not in ("auto",) + CLIP_VISION_CROPS:
+        raise ValueError(f"clip_vision_crop must be one of auto, {', '.join(CLIP_VISION_CROPS)}, "
+                         f"got {clip_vision_crop!r}")
     common = dict(model=model, vae=vae, clip_vision=clip_vision, num_frames=int(frames), dtype=dtype, size=size)
+    crop = "none" if clip_vision_crop == "auto" else clip_vision_crop
     if detected == "wan22":
-        return NativeWan22MoESurrogate(positive=positive, model_low=model_2, boundary=boundary, **common)
+        return NativeWan22MoESurrogate(positive=positive, model_low=model_2, boundary=boundary,
+                                       clip_vision_crop=crop, **common)
     if detected == "wan21":
-        return NativeWan21Surrogate(positive=positive, **common)
+        return NativeWan21Surrogate(positive=positive, clip_vision_crop=crop, **common)
+    if clip_vision_crop == "none" and detected == "svd":
+        raise ValueError("clip_vision_crop 'none' does not apply to SVD: SVD_img2vid_Conditioning always "
+                         "centre-crops the photo for CLIP vision; choose 'auto' or 'center'")
     if detected == "wan22_ti2v":
         return NativeWan22TI2VSurrogate(positive=positive, **common)
     if detected == "ltxv":

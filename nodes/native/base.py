@@ -15,6 +15,11 @@ How the image enters (the same steps as ComfyUI's own nodes, written with differ
   whole video is VAE-encoded, a mask zeroes the first latent frame, both go to the model as
   ``concat_latent_image`` / ``concat_mask`` beside the text conditioning (and the CLIP-vision penultimate
   hidden states when a ``CLIP_VISION`` is connected); ``BaseModel.extra_conds`` turns them into ``c_concat``.
+  The photo reaches CLIP vision as the user's ``CLIPVisionEncode`` fits it: ``clip_vision_crop="none"`` (the
+  default: the whole photo squashed to 224 x 224, as in ComfyUI's official Wan 2.1 I2V template) or
+  ``"center"`` (centre crop). On a non-square photo the two see different pixels, so a mismatch would optimise
+  image tokens the sampler never sees. The attack encodes the photo at the working size (the loop resizes it
+  there first); a photo already at that size is encoded exactly as ``CLIPVisionEncode`` encodes it.
 * SVD (``comfy.model_base.SVD_img2vid``), as ``SVD_img2vid_Conditioning`` (``comfy_extras/nodes_video_model.py``):
   the CLIP-vision image embedding is the cross-attention context, the unscaled VAE latent of the photo is
   concatenated to every noisy frame, fps 6 / motion bucket 127 / augmentation 0 go to the ``y`` embedding.
@@ -81,6 +86,7 @@ from anti_i2v.surrogates.base import Conditioning, FeatureRequest, Features, Noi
 
 __all__ = [
     "NATIVE_FAMILIES",
+    "CLIP_VISION_CROPS",
     "NativeSurrogate",
     "detect_native_family",
 ]
@@ -89,6 +95,8 @@ log = logging.getLogger("anti_i2v.native")
 
 #: families a native surrogate can be built for
 NATIVE_FAMILIES = ("wan21", "wan22", "wan22_ti2v", "svd", "ltxv")
+#: CLIPVisionEncode's crop choices: "none" squashes the whole photo to the CLIP size, "center" crops its centre
+CLIP_VISION_CROPS = ("none", "center")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -318,6 +326,9 @@ def _clip_vision_encode(cv_model: nn.Module, clip_vision: Any, image: Tensor, *,
         cv_model: the shadow of ``clip_vision.model``.
         clip_vision: the user's ClipVisionModel (image size, mean, std, output mode).
         image: (B, H, W, 3) ComfyUI IMAGE in [0, 1].
+        crop: True: scale the short side to the CLIP size and centre-crop (``CLIPVisionEncode`` crop
+            ``center``, ``SVD_img2vid_Conditioning``); False: squash the whole image to the CLIP size
+            (``CLIPVisionEncode`` crop ``none``, what ComfyUI's Wan 2.1 I2V template uses).
     """
     import comfy.clip_vision
 
@@ -459,6 +470,7 @@ class NativeSurrogate(Surrogate):
             "requested_dtype": str(self.requested_dtype).replace("torch.", ""),
             "vae_dtype": str(self.vae.vae_dtype).replace("torch.", ""),
             "clip_vision": self.clip_vision is not None,
+            "clip_vision_crop": self.clip_vision_crop if self.clip_vision is not None else None,
         })
         return d
 
@@ -541,9 +553,13 @@ class NativeSurrogate(Surrogate):
         conds = self.base_model.extra_conds(**params)
         return {k: v.process_cond(batch_size=batch, area=None).concat([]) for k, v in conds.items()}
 
+    #: how the photo is fitted to CLIP vision's square input: "center" (crop) or "none" (squash); per family
+    clip_vision_crop: str = "center"
+
     def _cv_parts(self, image_bhwc: Tensor) -> dict:
         """The tensors of the differentiable CLIP-vision output, as ``Conditioning.parts`` entries."""
-        out = _clip_vision_encode(self._cv_shadow.root, self.clip_vision, image_bhwc)
+        out = _clip_vision_encode(self._cv_shadow.root, self.clip_vision, image_bhwc,
+                                  crop=self.clip_vision_crop == "center")
         keys = ("last_hidden_state", "image_embeds", "penultimate_hidden_states", "all_hidden_states", "mm_projected")
         return {f"clip_vision.{k}": getattr(out, k) for k in keys if isinstance(getattr(out, k, None), Tensor)}
 

@@ -118,7 +118,7 @@ class NativeSVDSurrogate(NativeSurrogate):
             x = image.to(self.device, torch.float32)
             pixels = comfy.utils.common_upscale(x, w, h, "bilinear", "center")  # (B, 3, H, W)
             lat = self._encode_latent(pixels)  # (B, 4, h/8, w/8); the clean photo: what VAE-layer hooks see
-            cv = _clip_vision_encode(self._cv_shadow.root, self.clip_vision, x.movedim(1, -1))
+            cv = _clip_vision_encode(self._cv_shadow.root, self.clip_vision, x.movedim(1, -1), crop=True)
             return Conditioning(latent=self.base_model.process_latent_in(lat),
                                 parts={"pixels": pixels, "image_latent": lat, "image_embeds": cv.image_embeds})
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from anti_i2v.surrogates.base import Conditioning, NoiseDraw, SurrogateError
 
-from .base import NativeSurrogate, log
+from .base import CLIP_VISION_CROPS, NativeSurrogate, log
 
 __all__ = ["NativeWan21Surrogate"]
 
@@ -26,8 +26,12 @@ class NativeWan21Surrogate(NativeSurrogate):
     size_multiple = 16
     default_size = (480, 832)
 
-    def __init__(self, *, positive: Any = None, **kwargs) -> None:
+    def __init__(self, *, positive: Any = None, clip_vision_crop: str = "none", **kwargs) -> None:
         super().__init__(positive=positive, **kwargs)
+        if clip_vision_crop not in CLIP_VISION_CROPS:
+            raise ValueError(f"clip_vision_crop must be one of {', '.join(CLIP_VISION_CROPS)} (the crop of your "
+                             f"CLIPVisionEncode node), got {clip_vision_crop!r}")
+        self.clip_vision_crop = clip_vision_crop
         dm = self.model.model.diffusion_model
         text_dim = int(getattr(dm, "text_dim", 4096))
         if positive is None:
@@ -133,7 +137,7 @@ class NativeWan21Surrogate(NativeSurrogate):
         mask[:, :, :((start.shape[0] - 1) // 4) + 1] = 0.0
         extra = {"concat_latent_image": concat, "concat_mask": mask}
         if self.clip_vision is not None:
-            extra["clip_vision_output"] = self.clip_vision.encode_image(start)
+            extra["clip_vision_output"] = self.clip_vision.encode_image(start, crop=self.clip_vision_crop == "center")
         positive = [[self.text_cond.clone(), {**self.text_extra, **extra}]]
         negative = [[torch.zeros_like(self.text_cond), dict(extra)]]
         return positive, negative, latent, "simple"
