@@ -79,6 +79,10 @@ class ProtectConfig:
             kornia's differentiable JPEG at that quality before the surrogate (expectation over the
             transformation users ask for: protections should survive re-encoding). Simulated at the working
             resolution, where it costs a few ms.
+        random_start: start from a uniformly random point of the budget (drawn with the seeded generator) instead
+            of the photo itself, as L-inf PGD does in the baselines' code (Madry et al. 2018; advertorch's
+            ``rand_init``; PhotoGuard's ``pgd``). Needed by objectives whose gradient vanishes at the photo (a
+            distance pushed away from the clean photo's, e.g. VGMShield undirected).
     """
 
     steps: int = 200
@@ -88,6 +92,7 @@ class ProtectConfig:
     seed: int = 0
     quantize: bool = True
     robust_jpeg: int = 0
+    random_start: bool = False
 
     def __post_init__(self) -> None:
         if int(self.steps) != self.steps or self.steps < 0:
@@ -305,6 +310,20 @@ def _feature_tensors(f) -> list[Tensor]:
     return out
 
 
+def _random_start(params, perturbation: DSPConfig, gen: torch.Generator) -> None:
+    """Fill the perturbation parameters uniformly within their bounds (then project), from ``gen``."""
+    eps = perturbation.eps01
+    with torch.no_grad():
+        for t in params.tensors():
+            if not t.numel():
+                continue
+            share = (1.0 if t is params.rgb else perturbation.dct_share if t is params.dct
+                     else perturbation.colour_share)
+            u = torch.rand(t.shape, generator=gen, dtype=torch.float32).to(device=t.device, dtype=t.dtype)
+            t.copy_((u * 2.0 - 1.0) * share * eps)
+        dsp_mod.project_params(params, perturbation)
+
+
 def protect(
     image: Tensor,
     surrogate: Surrogate,
@@ -351,7 +370,8 @@ def protect(
     req = Objective(tuple(shared_terms)).request()
     req_own = Objective(tuple(own_terms)).request()
     treq = objective.target_request()
-    for r in (req, req_own, treq):
+    creq = objective.clean_request()
+    for r in (req, req_own, treq, creq):
         surrogate.validate_request(r)
     work = surrogate.working_size(h, w)
     device = surrogate.device
@@ -370,6 +390,8 @@ def protect(
     gen = torch.Generator(device="cpu").manual_seed(int(config.seed))
     params = dsp_mod.init_params(x, config=perturbation)
     tensors = params.tensors()
+    if config.random_start and inert_reason(objective, config) is None:
+        _random_start(params, perturbation, gen)
     for p in tensors:
         p.requires_grad_(True)
     adam = torch.optim.Adam(tensors, lr=config.step_at(0)) if config.optimizer == "adam" else None
@@ -389,6 +411,8 @@ def protect(
         "budget_convention": "eps in 1/255 of the [0,1] pixel range (eps=8 equals 16/255 in [-1,1])",
         "noisy_latent": "one z_t per iteration from the clean photo's latent, shared by target and adversarial pass",
         "mask": None if mask is None else "given",
+        "method": objective.method_name(),
+        "space": perturbation.space,
     }
     inert = inert_reason(objective, config)
     settings["notes"] = list(objective.notes) + ([inert] if inert else [])
@@ -398,13 +422,22 @@ def protect(
         with torch.inference_mode(False), torch.enable_grad(), frozen_models(surrogate.modules()):
             clean_x0 = None
             tgt_cond: Conditioning | None = None
+            clean_cond: Conditioning | None = None
+            states: dict = {}
+            x_work = resize_to(x, work)
             with torch.no_grad():
-                if req.needs_denoiser:
-                    clean_cond = surrogate.encode_image(resize_to(x, work))
+                if req.needs_denoiser or not creq.empty:
+                    clean_cond = surrogate.encode_image(x_work, creq.vae_layers).detach()
                     clean_x0 = surrogate.clean_latent(clean_cond).detach()
-                    del clean_cond
+                    if creq.empty:
+                        clean_cond = None
                 if t_img is not None and cache_conditioning:
                     tgt_cond = surrogate.encode_image(t_img, treq.vae_layers).detach()
+                if run_steps:
+                    for n, term in zip(names, objective.terms):
+                        st = term.prepare(surrogate, photo=x_work, target=t_img)
+                        if st is not None:
+                            states[n] = st
             it = 0
             retries = 0
             while it < run_steps:
@@ -414,6 +447,11 @@ def protect(
                     with torch.no_grad():
                         tgt_feats = surrogate.features(None if tgt_cond is not None else t_img, draw, treq,
                                                        clean=clean_x0, cond=tgt_cond)
+                clean_feats = None
+                if clean_cond is not None:
+                    with torch.no_grad():
+                        clean_feats = surrogate.features(None, draw, creq, clean=clean_x0, cond=clean_cond)
+                        clean_feats.image = x_work
                 adv_full = dsp_mod.apply_dsp(x, params, perturbation, m)
                 adv_work = resize_to(adv_full, work)
                 if config.robust_jpeg:
@@ -422,7 +460,11 @@ def protect(
                 adv_cond = surrogate.encode_image(adv_work, all_vae)
                 adv_feats = surrogate.features(None, draw, req, clean=clean_x0, cond=adv_cond) if shared_terms else None
                 own_feats = surrogate.features(None, draw, req_own, cond=adv_cond) if own_terms else None
-                total, values = objective.evaluate(adv_feats, tgt_feats, own=own_feats)
+                for f_ in (adv_feats, own_feats):
+                    if f_ is not None:
+                        f_.image = adv_work
+                total, values = objective.evaluate(adv_feats, tgt_feats, own=own_feats, clean=clean_feats,
+                                                   states=states)
                 if not torch.isfinite(total):
                     raise FloatingPointError(
                         f"the objective became {float(total)} at iteration {it + 1} with a {model_dtype} model; "
@@ -434,7 +476,7 @@ def protect(
                     grads = torch.autograd.grad(total * loss_scale, tensors, allow_unused=True)
                 else:  # nothing the loss reads depends on the photo
                     grads = (None,) * len(tensors)
-                del adv_feats, own_feats, tgt_feats, adv_full, adv_work, adv_cond
+                del adv_feats, own_feats, tgt_feats, adv_full, adv_work, adv_cond, clean_feats
                 present = [g_ for g_ in grads if g_ is not None]
                 finite = all(bool(torch.isfinite(g_).all()) for g_ in present)
                 nonzero = any(bool((g_ != 0).any()) for g_ in present) if finite else False
@@ -477,7 +519,7 @@ def protect(
                     if callback(info) is False:
                         cancelled = True
                         break
-            del clean_x0, tgt_cond
+            del clean_x0, tgt_cond, clean_cond, states
             with torch.no_grad():
                 protected = dsp_mod.apply_dsp(x, params.detached(), perturbation, m)
                 if perturbation.restore_luminance and perturbation.space != "rgb" and len(history):

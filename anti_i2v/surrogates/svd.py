@@ -389,6 +389,16 @@ class SVDSurrogate(Surrogate):
                 blocks.append((f"up_blocks.{i}.upsamplers.{j}", up))
         return blocks
 
+    def temporal_attention_modules(self) -> list[tuple[str, nn.Module]]:
+        """The temporal self-attention of every ``TransformerSpatioTemporalModel`` of the U-Net, in forward order:
+        ``temporal_transformer_blocks[k].attn1`` (each token attends over the frames at its spatial position)."""
+        out = []
+        for name, mod in self.unet.named_modules():
+            if name.endswith("temporal_transformer_blocks") and isinstance(mod, nn.ModuleList):
+                for k, blk in enumerate(mod):
+                    out.append((f"{name}.{k}.attn1", blk.attn1))
+        return out
+
     @property
     def num_down_blocks(self) -> int:
         """Blocks of the down path (``conv_in`` included); the middle block has this index."""

@@ -565,6 +565,11 @@ class Wan21Surrogate(Surrogate):
         latent = self._encode_video((x * 2.0 - 1.0).unsqueeze(2))
         return Conditioning(latent=latent, parts={"image": x, "grad": torch.is_grad_enabled()})
 
+    def image_embedding(self, cond: Conditioning) -> Tensor | None:
+        """The CLIP image tokens the transformer sees (``hidden_states[-2]``) of the conditioned photo."""
+        image = cond.parts.get("image")
+        return None if image is None else self.image_embeds(image)
+
     def conditioning(self, cond: Conditioning) -> WanConditioning:
         """The pipeline's conditioning (:meth:`encode_condition`) of the photo in ``cond``, built once and kept.
 
