@@ -37,6 +37,7 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     from .dsp import SPACES
+    from .methods import METHOD_NAMES
 
     p = argparse.ArgumentParser(prog="anti-i2v", description="Protect photos against image-to-video models (Anti-I2V).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -49,20 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
                          "cogvideox with --demo)")
     pr.add_argument("--model", metavar="DIR", help="local diffusers-format folder of the surrogate's weights")
     pr.add_argument("--demo", action="store_true", help="use tiny built-in random models (protects nothing real)")
-    pr.add_argument("--preset", choices=["low", "default", "high"], default="default", help="strength preset")
+    pr.add_argument("--preset", choices=["low", "default", "high"], default=None,
+                    help="strength preset (default: 'default' for anti-i2v; the other methods use their paper's "
+                         "eps/steps/step unless a preset is given)")
     pr.add_argument("--eps", type=float, help="L-inf budget in 1/255 of the [0,1] range (overrides the preset)")
     pr.add_argument("--steps", type=int, help="iterations (overrides the preset)")
     pr.add_argument("--step-size", type=float, help="step per iteration in 1/255 (overrides the preset)")
     pr.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
-    pr.add_argument("--method", choices=["anti-i2v", "advdm", "photoguard"], default="anti-i2v",
-                    help="objective: Anti-I2V (IRA+IRC, default) or a baseline")
+    pr.add_argument("--method", choices=list(METHOD_NAMES), default="anti-i2v",
+                    help="defense: anti-i2v (IRA+IRC over the DSP, default) or a baseline as its paper defines it "
+                         "(advdm, mist, sds, photoguard, vgmshield, i2vguard; README 'Defenses')")
     pr.add_argument("--ira-blocks", help="IRA denoiser blocks, e.g. '27' or '20-27' (default: the model's)")
     pr.add_argument("--vae-layers", help="IRA VAE-encoder layers, e.g. '3,4' (default: the last two)")
     pr.add_argument("--irc-pairs", help="IRC pairs 'shallow:deep', e.g. '3:27' (default: the model's)")
     pr.add_argument("--target", metavar="IMAGE", help="unrelated target image for IRA (default: a fixed pattern)")
     pr.add_argument("--frames", type=int, help="video frames the surrogate sees (fewer: faster)")
     pr.add_argument("--space", choices=list(SPACES), default=None,
-                    help="perturbation space: dsp (colour + low-frequency DCT, default), ab, dct, or rgb (plain PGD)")
+                    help="perturbation space: dsp (colour + low-frequency DCT), ab, dct, or rgb (plain PGD); "
+                         "default: the method's paper's (dsp for anti-i2v, rgb for the baselines)")
     pr.add_argument("--dct-block", type=int, default=None, help="side k of the low-frequency DCT block (default 16)")
     pr.add_argument("--chroma-downsample", type=int, default=None,
                     help="colour field resolution divisor (default 2, JPEG's chroma resolution)")
@@ -171,14 +176,16 @@ def _resolve_device(name: str):
 
 
 def _build_objective(args, surrogate):
-    from .losses import DiffusionLoss, EncoderLoss, IRALoss, IRCLoss, Objective, parse_indices, parse_pairs
+    from .losses import IRALoss, IRCLoss, Objective, parse_indices, parse_pairs
+    from .methods import get_method
 
-    if args.method == "advdm":
-        return Objective((DiffusionLoss(),))
-    if args.method == "photoguard":
-        return Objective((EncoderLoss(),))
+    if args.method != "anti-i2v":
+        given = [f for f in ("ira_blocks", "vae_layers", "irc_pairs") if getattr(args, f) is not None]
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} applies to --method anti-i2v only")
+        return get_method(args.method).objective(surrogate)
     if args.ira_blocks is None and args.vae_layers is None and args.irc_pairs is None:
-        return surrogate.default_objective()
+        return Objective(surrogate.default_objective().terms, surrogate.default_objective().notes, "anti-i2v")
     default = surrogate.default_objective()
     d_ira = next((t for t in default.terms if isinstance(t, IRALoss)), None)
     blocks = parse_indices(args.ira_blocks, name="--ira-blocks") if args.ira_blocks is not None else d_ira.blocks
@@ -192,14 +199,14 @@ def _build_objective(args, surrogate):
         terms += [t for t in default.terms if isinstance(t, IRCLoss)]
     if not terms:
         raise UsageError("the objective is empty: give --ira-blocks, --vae-layers or --irc-pairs")
-    return Objective(tuple(terms))
+    return Objective(tuple(terms), (), "anti-i2v")
 
 
 def cmd_protect(args) -> int:
     import torch
 
     from .dsp import DSPConfig
-    from .protect import PRESETS, ProtectConfig, protect
+    from .protect import PRESETS, protect
     from .surrogates import SurrogateError, load_surrogate, tiny_surrogate
 
     if args.demo == bool(args.model):
@@ -209,16 +216,24 @@ def cmd_protect(args) -> int:
         raise UsageError(f"--out {args.out}: exists and is not a folder")
     images = _collect(args.paths, args.recursive)
     originals = {p.resolve() for p, _ in images}
-    preset = dict(PRESETS[args.preset])
+    from .methods import get_method
+
+    method = get_method(args.method)
+    if args.preset is None and args.method != "anti-i2v":
+        # the paper's defaults of the chosen defense (eps, steps, step, step rule, schedule, space)
+        preset = {"eps": method.eps, "steps": method.steps, "step_size": method.step_size, "robust_jpeg": 0}
+    else:
+        preset = dict(PRESETS[args.preset or "default"])
+    args.preset = args.preset or ("default" if args.method == "anti-i2v" else "paper")
     eps = args.eps if args.eps is not None else preset["eps"]
     steps = args.steps if args.steps is not None else preset["steps"]
     step_size = args.step_size if args.step_size is not None else preset["step_size"]
     try:
-        given = {"space": args.space, "dct_block": args.dct_block, "chroma_downsample": args.chroma_downsample,
-                 "restore_luminance": args.restore_luminance}
+        given = {"space": args.space if args.space is not None else method.space, "dct_block": args.dct_block,
+                 "chroma_downsample": args.chroma_downsample, "restore_luminance": args.restore_luminance}
         dsp_cfg = DSPConfig(eps=eps, **{k: v for k, v in given.items() if v is not None})
         jpeg_q = args.robust_jpeg if args.robust_jpeg is not None else preset.get("robust_jpeg", 0)
-        loop_cfg = ProtectConfig(steps=steps, step_size=step_size, seed=args.seed, robust_jpeg=jpeg_q)
+        loop_cfg = method.config(steps=steps, step_size=step_size, seed=args.seed, robust_jpeg=jpeg_q)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     device = _resolve_device(args.device)
@@ -311,6 +326,8 @@ def cmd_protect(args) -> int:
                 "demo": bool(args.demo),
                 "preset": args.preset,
                 "method": args.method,
+                "space": dsp_cfg.space,
+                "method_defaults": method.describe(),
                 "notes": notes + ([inert] if inert else []),
                 "seconds_total": round(time.perf_counter() - t0, 3),
                 "saved_png": figures,  # figures of the 8-bit PNG actually written
