@@ -240,10 +240,12 @@ class Objective:
     def __add__(self, other: "LossTerm | Objective") -> "Objective":
         more = other.terms if isinstance(other, Objective) else (other,)
         notes = self.notes + (other.notes if isinstance(other, Objective) else ())
-        other_method = other.method if isinstance(other, Objective) else None
-        method = self.method if (other_method is None or other_method == self.method) else None
-        if self.method is None and other_method is not None and not self.terms:
-            method = other_method
+        if not self.terms:
+            method = other.method if isinstance(other, Objective) else None
+        elif isinstance(other, Objective) and (not other.terms or other.method == self.method):
+            method = self.method
+        else:
+            method = None  # a defense plus other terms is a custom objective
         return Objective(self.terms + tuple(more), notes, method)
 
     def method_name(self) -> str:
@@ -254,7 +256,7 @@ class Objective:
         names = {t.name for t in self.terms}
         if names and names <= {"ira", "irc"}:
             return "anti-i2v"
-        if len(names) == 1 and names <= {"advdm", "photoguard"}:
+        if len(names) == 1 and names <= {"advdm", "photoguard", "sds"}:
             return names.pop()
         return "custom"
 

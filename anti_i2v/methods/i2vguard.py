@@ -16,8 +16,8 @@ Three attacks on an I2V model and one combined loss (minimised):
   latent ``x0_hat`` (from its prediction, :func:`~anti_i2v.methods.base.predict_x0`): towards the target video's
   latent and away from the latent of the clean generation, ``||x0_hat - z_tgt||^2 - ||x0_hat - z_gen||^2``. The
   clean generation is made **once per photo** before the first iteration (the surrogate's ``generate_latent``:
-  its diffusers pipeline with ``output_type="latent"``); a surrogate without one (native ComfyUI models) uses the
-  clean photo's still video, and the notes say so. The target video is the target image's still video;
+  its diffusers pipeline with ``output_type="latent"``, ``generation_steps`` sampler steps, seeded); a surrogate
+  without one (the native ComfyUI adapters) uses the clean photo's still video, and the notes say so. The target video is the target image's still video;
 * **image distance** (:class:`ImageDistanceLoss`): ``||x' - x||^2`` at the working size, keeping the change small.
 
 Combined: ``L = l_s L_spatial + l_t L_temporal + l_d L_diffusion + l_i L_image`` with weights 1, 1, 1, 1 by default.
@@ -120,10 +120,9 @@ class I2VGuardDiffusionLoss(LossTerm):
         if target is None:
             raise ValueError("I2VGuardDiffusionLoss needs a target image")
         z_tgt = surrogate.clean_latent(surrogate.encode(target)).float()
-        gen = getattr(surrogate, "generate_latent", None)
-        if gen is not None:
-            z_gen = torch.cat([gen(photo[i:i + 1], num_inference_steps=int(self.generation_steps), seed=i).float()
-                               for i in range(photo.shape[0])])
+        if getattr(surrogate, "generates_latents", False):
+            z_gen = torch.cat([surrogate.generate_latent(photo[i:i + 1], num_inference_steps=int(self.generation_steps),
+                                                         seed=i).float() for i in range(photo.shape[0])])
             source = "generated"
         else:
             z_gen = surrogate.clean_latent(surrogate.encode(photo)).float()
@@ -186,7 +185,7 @@ class I2VGuard(Method):
         if w["diffusion"]:
             terms.append(I2VGuardDiffusionLoss(weight=w["diffusion"],
                                                generation_steps=int(options.get("generation_steps", 3))))
-            if getattr(surrogate, "generate_latent", None) is None:
+            if not getattr(surrogate, "generates_latents", False):
                 notes.append(f"I2VGuard diffusion attack: the {surrogate.family} surrogate cannot generate a latent "
                              "video; the clean photo's still video stands in for the clean generation")
         if w["image"]:

@@ -540,6 +540,21 @@ class Surrogate(abc.ABC):
         emb = cond.parts.get("image_embeds")
         return emb if isinstance(emb, Tensor) else None
 
+    #: whether :meth:`generate_latent` works (the diffusers families: their pipeline's ``output_type="latent"``)
+    generates_latents: ClassVar[bool] = False
+
+    def generate_latent(self, image: Tensor, *, num_inference_steps: int = 3, seed: int = 0) -> Tensor:
+        """The latent video the family's pipeline generates from ``image`` (1, 3, H, W), in the convention and
+        shape of :meth:`clean_latent` at the working size, on the surrogate's device (I2VGuard's clean generation).
+
+        Raises:
+            SurrogateError: the family cannot generate a latent video (:attr:`generates_latents` is False).
+        """
+        if not self.generates_latents:
+            raise SurrogateError(f"the {self.family} surrogate cannot generate a latent video")
+        out = self.generate(image, num_inference_steps=int(num_inference_steps), seed=int(seed), output_type="latent")
+        return out.to(self.device)
+
     def temporal_attention_modules(self) -> list[tuple[str, nn.Module]]:
         """Attention modules that attend over frames only (temporal self-attention), in forward order.
 

@@ -267,6 +267,7 @@ class SVDSurrogate(Surrogate):
     """
 
     family = "svd"
+    generates_latents = True
     native_size = None
     default_size = (576, 1024)
     size_multiple = 64
@@ -827,8 +828,12 @@ class SVDSurrogate(Surrogate):
         seed: int = 0,
         num_frames: int | None = None,
         size: tuple[int, int] | None = None,
+        output_type: str = "pt",
     ) -> Tensor:
         """A short I2V video of ``image`` with diffusers' ``StableVideoDiffusionPipeline`` (deterministic).
+
+        ``output_type="latent"`` returns the generated latent video instead, (1, F, C, h, w) float32 on CPU, in the
+        convention of :meth:`clean_latent` (scaled by the VAE's scaling factor): :meth:`generate_latent`.
 
         The photo goes to the pipeline as an 8-bit PIL image, as a user's file would (the pipeline's tensor path
         skips the CLIP resize); the pipeline resizes it to ``working_size(H, W)`` of the photo, the size the attack
@@ -867,6 +872,8 @@ class SVDSurrogate(Surrogate):
                 noise_aug_strength=self.noise_aug_strength,
                 decode_chunk_size=frames,
                 generator=gen,
-                output_type="pt",
+                output_type="latent" if output_type == "latent" else "pt",
             ).frames
+        if output_type == "latent":
+            return video.float().cpu()
         return video[0].float().clamp(0, 1).cpu()
