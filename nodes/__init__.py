@@ -6,6 +6,7 @@ permanent (saved workflows refer to them).
 
 from .inspect_nodes import LayerPCA
 from .loss_nodes import BaselineLossNode, DSPPerturb, IRALossNode, IRCLossNode
+from .method_nodes import DefenseMethod
 from .preview_nodes import PreviewAttackVideo
 from .protect_nodes import ProtectLoop
 from .surrogate_nodes import LoadSurrogateI2V
@@ -19,6 +20,7 @@ NODE_CLASS_MAPPINGS = {
     "AntiI2V_ProtectLoop": ProtectLoop,
     "AntiI2V_PreviewAttackVideo": PreviewAttackVideo,
     "AntiI2V_LayerPCA": LayerPCA,
+    "AntiI2V_DefenseMethod": DefenseMethod,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -30,6 +32,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AntiI2V_ProtectLoop": "Protect Image (Anti-I2V)",
     "AntiI2V_PreviewAttackVideo": "Preview Attack Video (Anti-I2V)",
     "AntiI2V_LayerPCA": "Layer PCA Maps (Anti-I2V)",
+    "AntiI2V_DefenseMethod": "Defense Method (Anti-I2V)",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -28,6 +28,7 @@ NODE_IDS = [
     "AntiI2V_ProtectLoop",
     "AntiI2V_PreviewAttackVideo",
     "AntiI2V_LayerPCA",
+    "AntiI2V_DefenseMethod",
 ]
 EPS = 16.0
 PHOTO = "anti_i2v_photo.png"
