@@ -21,7 +21,8 @@ What the run changes in the converted prompt, on purpose (the graph itself runs 
 
 * CLIPLoader + CLIPTextEncode become ``AntiI2VTest_ZeroConditioning`` (width 4096): the umT5-XXL text encoder
   cannot be made tiny;
-* sizes, frame counts and step counts go down to seconds on CPU (64x64 pixels, 2 steps, 5 attacked frames);
+* sizes, frame counts and step counts go down to seconds on CPU (64x64 pixels, 2 steps, 5 attacked frames;
+  Protect Image's ``loop_from_method`` is turned off so the comparison preset's loops also run 2 steps);
 * for the CogVideoX and Wan presets, dtype float32 and layer indices the 2-block tiny models have (instead of
   the real models' 27 / 26 ...). The SVD checkpoint keeps SVD's real 25-block U-Net and SD VAE, so the SVD
   preset runs with its shipped layers (IRA on block 12 and VAE layers 14,15, IRC 1:24) and dtype.
@@ -43,7 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
-PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_batch"]
+PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_batch",
+           "compare_defenses_cogvideox"]
 EXTENSION = "AntiI2V.LossChart"
 LOOP = "AntiI2V_ProtectLoop"
 
@@ -112,6 +114,8 @@ def _tiny(prompt: dict, *, shipped_layers: bool = False) -> dict:
             inp.update(pairs="0:1")
         elif ct == LOOP:
             inp.update(steps=2)
+            if inp.get("loop_from_method"):
+                inp["loop_from_method"] = False  # the papers' loops run 100-1000 steps; 2 here like every loop
         elif ct == "AntiI2V_PreviewAttackVideo":
             inp.update(steps=2)
         elif ct == "WanImageToVideo":
