@@ -255,7 +255,7 @@ class TestInvariants:
         assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
 
 
-FAMILY_FRAMES = {"cogvideox": 5, "wan21": 5, "svd": 2}
+FAMILY_FRAMES = {"cogvideox": 1, "wan21": 1, "svd": 2}  # the fewest each family takes
 
 
 def _png(path, size=(36, 30)):
