@@ -222,6 +222,25 @@ class TestTemporalAttention:
         assert abs(float(term.evaluate_term(adv2, None, clean, None)) - before) > 1e-6
 
 
+    def test_maps_carry_gradient_also_with_gradient_checkpointing(self, svd):
+        g = torch.Generator().manual_seed(1)
+        size = svd.working_size(40, 48)
+        x = torch.rand(1, 3, *size, generator=g)
+        y = torch.rand(1, 3, *size, generator=g)
+        draw = svd.draw_noise(1, g, size=size)
+        req = FeatureRequest(attention=True)
+        with torch.no_grad():
+            clean = svd.features(y, draw, req)
+        svd.gradient_checkpointing = True
+        try:
+            xx = x.clone().requires_grad_(True)
+            adv = svd.features(xx, draw, req)
+            (grad,) = torch.autograd.grad(I2VGuardTemporalLoss().evaluate_term(adv, None, clean, None), xx)
+        finally:
+            svd.gradient_checkpointing = False
+        assert torch.isfinite(grad).all() and grad.abs().max() > 0
+
+
 def _state(s):
     sd = {}
     for i, m in enumerate(s.modules()):

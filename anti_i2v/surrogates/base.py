@@ -470,7 +470,10 @@ class Surrogate(abc.ABC):
             from .attention import capture_attention
 
             graph = contextlib.nullcontext() if not request.jacobian_free else torch.no_grad()
-            with self._checkpointing(), capture_attention(attn_modules, out.attention), graph:
+            # attention maps are intermediate tensors of a block: under gradient checkpointing their graph would be
+            # dropped and recomputed, so a pass that reads them runs without checkpointing
+            ckpt = self._checkpointing() if not request.attention else contextlib.nullcontext()
+            with ckpt, capture_attention(attn_modules, out.attention), graph:
                 try:
                     pred = self.denoise(cond, noisy.detach() if request.jacobian_free else noisy, draw)
                     out.output = pred.float()
