@@ -100,6 +100,12 @@ class TestLossesByHand:
         adv, tgt = _feats(0), _feats(1)
         want = ((adv.latent - tgt.latent) ** 2).mean()
         assert float(EncoderLoss().value(adv, tgt)) == pytest.approx(float(want), abs=TOL)
+        # which passes: the photo's and the target's VAE latents, no denoiser
+        assert EncoderLoss().target_request().need_latent and not EncoderLoss().request().needs_denoiser
+        assert MistTexturalLoss().target_request().need_latent and I2VGuardSpatialLoss().target_request().need_latent
+        diff = I2VGuardDiffusionLoss().request()
+        assert diff.need_output and not diff.own_latent  # the shared z_t of the clean photo, as the sampler's
+        assert DiffusionLoss().request().own_latent and SDSLoss().request().own_latent  # their own z_t
 
     def test_vgmshield_undirected_reads_the_clean_pass_directed_the_target(self):
         adv, clean, tgt = _feats(0), _feats(1), _feats(2)
