@@ -11,7 +11,8 @@ Three attacks on an I2V model and one combined loss (minimised):
   (:mod:`anti_i2v.surrogates.attention`), not forward hooks. SVD: every ``temporal_transformer_blocks[k].attn1``.
   **CogVideoX and Wan 2.1 have no temporal self-attention**: their blocks run full 3D attention over all video
   (and text) tokens; the term is left out there and the objective's notes say so (the full maps are N^2 over
-  17,550 tokens at 49 frames, and a frame-to-frame slice of them is not what I2VGuard defines);
+  17,550 tokens at 49 frames, and a frame-to-frame slice of them is not what I2VGuard defines). The native
+  ComfyUI SVD adapter runs ComfyUI's own attention code (no processors to swap): left out there too, with a note;
 * **diffusion** (:class:`I2VGuardDiffusionLoss`): a contrastive loss on the denoiser's estimate of the clean video
   latent ``x0_hat`` (from its prediction, :func:`~anti_i2v.methods.base.predict_x0`): towards the target video's
   latent and away from the latent of the clean generation, ``||x0_hat - z_tgt||^2 - ||x0_hat - z_gen||^2``. The
@@ -180,8 +181,11 @@ class I2VGuard(Method):
             if surrogate.temporal_attention_modules():
                 terms.append(I2VGuardTemporalLoss(weight=w["temporal"]))
             else:
+                why = ("its attention runs in ComfyUI's own attention code, not through diffusers attention "
+                       "processors" if str(surrogate.family).startswith("svd") else
+                       "full 3D attention over all tokens")
                 notes.append(f"I2VGuard temporal attack left out: the {surrogate.family} surrogate has no temporal "
-                             "self-attention (full 3D attention over all tokens)")
+                             f"self-attention to read ({why})")
         if w["diffusion"]:
             terms.append(I2VGuardDiffusionLoss(weight=w["diffusion"],
                                                generation_steps=int(options.get("generation_steps", 3))))
