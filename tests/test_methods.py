@@ -21,7 +21,7 @@ from anti_i2v.methods.mist import MistTexturalLoss
 from anti_i2v.methods.sds import SDSLoss
 from anti_i2v.methods.vgmshield import VGMShieldLoss
 from anti_i2v.surrogates import tiny_surrogate
-from anti_i2v.surrogates.base import FeatureRequest, Features, NoiseDraw
+from anti_i2v.surrogates.base import FeatureRequest, Features
 from tests.toy_surrogate import ToySurrogate
 
 TOL = 1e-5  # float32 sums of a few hundred elements
