@@ -46,6 +46,7 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     from .dsp import SPACES
+    from .methods import METHOD_NAMES
 
     p = argparse.ArgumentParser(prog="anti-i2v", description="Protect photos against image-to-video models (Anti-I2V).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -65,20 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with several families: scale each member's gradient to a peak of 1 before the weighted sum, "
                          "so each weight is the member's share of the step whatever its loss scale")
     pr.add_argument("--demo", action="store_true", help="use tiny built-in random models (protects nothing real)")
-    pr.add_argument("--preset", choices=["low", "default", "high"], default="default", help="strength preset")
+    pr.add_argument("--preset", choices=["low", "default", "high"], default=None,
+                    help="strength preset (default: 'default' for anti-i2v; the other methods use their paper's "
+                         "eps/steps/step unless a preset is given)")
     pr.add_argument("--eps", type=float, help="L-inf budget in 1/255 of the [0,1] range (overrides the preset)")
     pr.add_argument("--steps", type=int, help="iterations (overrides the preset)")
     pr.add_argument("--step-size", type=float, help="step per iteration in 1/255 (overrides the preset)")
     pr.add_argument("--seed", type=int, default=0, help="random seed (same seed, same result)")
-    pr.add_argument("--method", choices=["anti-i2v", "advdm", "photoguard"], default="anti-i2v",
-                    help="objective: Anti-I2V (IRA+IRC, default) or a baseline")
+    pr.add_argument("--method", choices=list(METHOD_NAMES), default="anti-i2v",
+                    help="defense: anti-i2v (IRA+IRC over the DSP, default) or a baseline as its paper defines it "
+                         "(advdm, mist, sds, photoguard, vgmshield, i2vguard; README 'Defenses')")
     pr.add_argument("--ira-blocks", help="IRA denoiser blocks, e.g. '27' or '20-27'; 'auto' (default): the model's recommended")
     pr.add_argument("--vae-layers", help="IRA VAE-encoder layers, e.g. '3,4'; 'auto' (default): the model's (the last two)")
     pr.add_argument("--irc-pairs", help="IRC pairs 'shallow:deep', e.g. '3:27'; 'auto' (default): the model's recommended")
     pr.add_argument("--target", metavar="IMAGE", help="unrelated target image for IRA (default: a fixed pattern)")
     pr.add_argument("--frames", type=int, help="video frames the surrogate sees (fewer: faster)")
     pr.add_argument("--space", choices=list(SPACES), default=None,
-                    help="perturbation space: dsp (colour + low-frequency DCT, default), ab, dct, or rgb (plain PGD)")
+                    help="perturbation space: dsp (colour + low-frequency DCT), ab, dct, or rgb (plain PGD); "
+                         "default: the method's paper's (dsp for anti-i2v, rgb for the baselines)")
     pr.add_argument("--dct-block", type=int, default=None, help="side k of the low-frequency DCT block (default 16)")
     pr.add_argument("--chroma-downsample", type=int, default=None,
                     help="colour field resolution divisor (default 2, JPEG's chroma resolution)")
@@ -243,13 +248,14 @@ def _resolve_device(name: str):
 
 
 def _build_objective(args, surrogate):
-    from .losses import (AUTO, DiffusionLoss, EncoderLoss, IRALoss, IRCLoss, Objective, parse_layer_spec,
-                         parse_pair_spec, resolve_objective)
+    from .losses import AUTO, IRALoss, IRCLoss, Objective, parse_layer_spec, parse_pair_spec, resolve_objective
+    from .methods import get_method
 
-    if args.method == "advdm":
-        return Objective((DiffusionLoss(),))
-    if args.method == "photoguard":
-        return Objective((EncoderLoss(),))
+    if args.method != "anti-i2v":
+        given = [f for f in ("ira_blocks", "vae_layers", "irc_pairs") if getattr(args, f) is not None]
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} applies to --method anti-i2v only")
+        return get_method(args.method).objective(surrogate)
     # an option left out (or given as "auto") takes the model's recommended layers: resolved by the library
     blocks = parse_layer_spec(args.ira_blocks if args.ira_blocks is not None else AUTO, name="--ira-blocks")
     vae = parse_layer_spec(args.vae_layers if args.vae_layers is not None else AUTO, name="--vae-layers")
@@ -259,7 +265,7 @@ def _build_objective(args, surrogate):
         terms.append(IRALoss(blocks=blocks, vae_layers=vae))
     terms.append(IRCLoss(pairs=pairs))
     try:
-        return resolve_objective(Objective(tuple(terms)), surrogate)
+        return resolve_objective(Objective(tuple(terms), (), "anti-i2v"), surrogate)
     except ValueError:
         raise UsageError("the objective is empty: give --ira-blocks, --vae-layers or --irc-pairs") from None
 
@@ -315,18 +321,26 @@ class Job:
 def _configs(args):
     """(DSPConfig, ProtectConfig, steps) from the preset and overrides; UsageError on a bad value. Loads nothing."""
     from .dsp import DSPConfig
-    from .protect import PRESETS, ProtectConfig
+    from .methods import get_method
+    from .protect import PRESETS
 
-    preset = dict(PRESETS[args.preset])
+    method = get_method(args.method)
+    if args.preset in (None, "paper") and args.method != "anti-i2v":
+        # the paper's defaults of the chosen defense (eps, steps, step, step rule, schedule, space)
+        preset = {"eps": method.eps, "steps": method.steps, "step_size": method.step_size, "robust_jpeg": 0}
+        args.preset = "paper"
+    else:
+        args.preset = args.preset if args.preset not in (None, "paper") else "default"
+        preset = dict(PRESETS[args.preset])
     eps = args.eps if args.eps is not None else preset["eps"]
     steps = args.steps if args.steps is not None else preset["steps"]
     step_size = args.step_size if args.step_size is not None else preset["step_size"]
     try:
-        given = {"space": args.space, "dct_block": args.dct_block, "chroma_downsample": args.chroma_downsample,
-                 "restore_luminance": args.restore_luminance}
+        given = {"space": args.space if args.space is not None else method.space, "dct_block": args.dct_block,
+                 "chroma_downsample": args.chroma_downsample, "restore_luminance": args.restore_luminance}
         dsp_cfg = DSPConfig(eps=eps, **{k: v for k, v in given.items() if v is not None})
         jpeg_q = args.robust_jpeg if args.robust_jpeg is not None else preset.get("robust_jpeg", 0)
-        loop_cfg = ProtectConfig(steps=steps, step_size=step_size, seed=args.seed, robust_jpeg=jpeg_q)
+        loop_cfg = method.config(steps=steps, step_size=step_size, seed=args.seed, robust_jpeg=jpeg_q)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return dsp_cfg, loop_cfg, steps
@@ -441,6 +455,7 @@ def protect_photo(job: Job, path: Path, rel: Path, out: Path, originals: set, *,
     """
     import torch
 
+    from .methods import get_method
     from .protect import protect
     from .surrogates import SurrogateError
 
@@ -491,6 +506,8 @@ def protect_photo(job: Job, path: Path, rel: Path, out: Path, originals: set, *,
             "demo": bool(args.demo),
             "preset": args.preset,
             "method": args.method,
+            "space": job.dsp_cfg.space,
+            "method_defaults": get_method(args.method).describe(),
             "notes": notes + ([job.inert] if job.inert else []),
             "seconds_total": round(time.perf_counter() - t0, 3),
             "saved_png": figures,  # figures of the 8-bit PNG actually written

@@ -85,9 +85,28 @@ class LossTerm(abc.ABC):
         """Features this term reads from the target pass (empty: no target pass needed)."""
         return FeatureRequest()
 
+    def clean_request(self) -> FeatureRequest:
+        """Features this term reads from the clean photo under the iteration's z_t (no gradient; empty: none).
+
+        Used by terms that push the protected photo away from the clean one (VGMShield undirected, I2VGuard's
+        temporal attack)."""
+        return FeatureRequest()
+
+    def prepare(self, surrogate, *, photo: Tensor, target: Tensor | None):
+        """Per-run state computed once before the first iteration (no gradient), or None.
+
+        ``photo``: the clean photo batch at the working size; ``target``: the target image batch at the working
+        size (None when no term reads a target). E.g. I2VGuard's clean generation, made once per photo."""
+        return None
+
     @abc.abstractmethod
     def value(self, adv: Features, target: Features | None) -> Tensor:
         """The unweighted scalar value."""
+
+    def evaluate_term(self, adv: Features, target: Features | None, clean: Features | None, state) -> Tensor:
+        """The unweighted value given every pass of the iteration; terms that read the clean pass or per-run state
+        override this (the default is :meth:`value`)."""
+        return self.value(adv, target)
 
     def describe(self) -> dict:
         return {"name": self.name, "weight": self.weight}
@@ -267,6 +286,8 @@ class Objective:
 
     terms: tuple[LossTerm, ...] = field(default_factory=tuple)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: the defense this objective implements (``anti_i2v.methods.METHOD_NAMES``), None when composed by hand
+    method: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "terms", tuple(self.terms))
@@ -275,7 +296,31 @@ class Objective:
     def __add__(self, other: "LossTerm | Objective") -> "Objective":
         more = other.terms if isinstance(other, Objective) else (other,)
         notes = self.notes + (other.notes if isinstance(other, Objective) else ())
-        return Objective(self.terms + tuple(more), notes)
+        if not self.terms:
+            method = other.method if isinstance(other, Objective) else None
+        elif isinstance(other, Objective) and (not other.terms or other.method == self.method):
+            method = self.method
+        else:
+            method = None  # a defense plus other terms is a custom objective
+        return Objective(self.terms + tuple(more), notes, method)
+
+    def method_name(self) -> str:
+        """The defense this objective is (for reports): :attr:`method`, else read from its terms (IRA/IRC alone:
+        ``anti-i2v``; one baseline term alone: its name), else ``custom``."""
+        if self.method:
+            return self.method
+        names = {t.name for t in self.terms}
+        if names and names <= {"ira", "irc"}:
+            return "anti-i2v"
+        if len(names) == 1 and names <= {"advdm", "photoguard", "sds"}:
+            return names.pop()
+        return "custom"
+
+    def clean_request(self) -> FeatureRequest:
+        r = FeatureRequest()
+        for t in self.terms:
+            r = r.merge(t.clean_request())
+        return r
 
     def __len__(self) -> int:
         return len(self.terms)
@@ -303,12 +348,15 @@ class Objective:
         return r
 
     def evaluate(
-        self, adv: Features | None, target: Features | None, *, own: Features | None = None
+        self, adv: Features | None, target: Features | None, *, own: Features | None = None,
+        clean: Features | None = None, states: dict | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The weighted sum (float32) and each term's unweighted value, by :meth:`names`.
 
         ``adv``: the adversarial pass on the shared z_t; ``own``: the pass on the image's own z_t, for terms
-        whose request sets ``own_latent`` (AdvDM); ``adv`` is used for them when ``own`` is None.
+        whose request sets ``own_latent`` (AdvDM); ``adv`` is used for them when ``own`` is None. ``clean``: the
+        clean photo's pass under the same z_t (:meth:`LossTerm.clean_request`); ``states``: per-run state by term
+        name (:meth:`LossTerm.prepare`).
         """
         if not self.terms:
             raise ValueError("the objective has no loss terms")
@@ -317,7 +365,7 @@ class Objective:
             feats = own if (own is not None and t.request().own_latent) else adv
             if feats is None:
                 raise ValueError(f"loss term {n!r} has no features to read")
-            values[n] = t.value(feats, target).float()
+            values[n] = t.evaluate_term(feats, target, clean, (states or {}).get(n)).float()
         total = sum(t.weight * v for t, v in zip(self.terms, values.values()))
         return total, values
 
@@ -487,4 +535,4 @@ def resolve_objective(objective: "Objective | LossTerm | Sequence[LossTerm]", su
     if not terms:
         raise ValueError(f"the objective is empty after resolving 'auto' layers on {family}: "
                          + "; ".join(notes[len(objective.notes):]))
-    return Objective(tuple(terms), tuple(notes))
+    return Objective(tuple(terms), tuple(notes), objective.method)

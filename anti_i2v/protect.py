@@ -87,6 +87,10 @@ class ProtectConfig:
             kornia's differentiable JPEG at that quality before the surrogate (expectation over the
             transformation users ask for: protections should survive re-encoding). Simulated at the working
             resolution, where it costs a few ms.
+        random_start: start from a uniformly random point of the budget (drawn with the seeded generator) instead
+            of the photo itself, as L-inf PGD does in the baselines' code (Madry et al. 2018; advertorch's
+            ``rand_init``; PhotoGuard's ``pgd``). Needed by objectives whose gradient vanishes at the photo (a
+            distance pushed away from the clean photo's, e.g. VGMShield undirected).
     """
 
     steps: int = 200
@@ -96,6 +100,7 @@ class ProtectConfig:
     seed: int = 0
     quantize: bool = True
     robust_jpeg: int = 0
+    random_start: bool = False
 
     def __post_init__(self) -> None:
         if int(self.steps) != self.steps or self.steps < 0:
@@ -320,6 +325,19 @@ def _feature_tensors(f) -> list[Tensor]:
     return out
 
 
+def _random_start(params, perturbation: DSPConfig, gen: torch.Generator) -> None:
+    """Fill the perturbation parameters uniformly within their bounds (then project), from ``gen``."""
+    eps = perturbation.eps01
+    with torch.no_grad():
+        for t in params.tensors():
+            if not t.numel():
+                continue
+            share = (1.0 if t is params.rgb else perturbation.dct_share if t is params.dct
+                     else perturbation.colour_share)
+            u = torch.rand(t.shape, generator=gen, dtype=torch.float32).to(device=t.device, dtype=t.dtype)
+            t.copy_((u * 2.0 - 1.0) * share * eps)
+        dsp_mod.project_params(params, perturbation)
+
 class _MemberRun:
     """One surrogate's share of the loop: its objective, working size, target, cached conditioning and loss scale.
 
@@ -335,7 +353,8 @@ class _MemberRun:
         self.req = Objective(tuple(self.shared_terms)).request()
         self.req_own = Objective(tuple(self.own_terms)).request()
         self.treq = objective.target_request()
-        for r in (self.req, self.req_own, self.treq):
+        self.creq = objective.clean_request()  # a pass on the clean photo under the same z_t (methods that read it)
+        for r in (self.req, self.req_own, self.treq, self.creq):
             surrogate.validate_request(r)
         self.work = surrogate.working_size(*size)
         self.batch = batch
@@ -350,26 +369,34 @@ class _MemberRun:
         self.names = objective.names()
         self.loss_scale: float | None = None
         self.history: list[dict[str, float]] = []
-        self.t_img = self.clean_x0 = self.tgt_cond = None
+        self.t_img = self.clean_x0 = self.tgt_cond = self.clean_cond = self.x_work = None
+        self.states: dict = {}
 
     def _where(self) -> str:
         return "" if self.label is None else f" (ensemble member {self.label!r})"
 
-    def prepare(self, x: Tensor, cache_conditioning: bool) -> None:
-        """Once per run, no gradient: the target at the working size, the clean photo's ``x0``, the target's
-        conditioning."""
+    def prepare(self, x: Tensor, cache_conditioning: bool, run_steps: int = 1) -> None:
+        """Once per run, no gradient: the target at the working size, the clean photo's ``x0`` (and its
+        conditioning when a term reads a clean-photo pass), the target's conditioning, each term's per-run state."""
         s, device = self.surrogate, self.surrogate.device
         if not self.treq.empty:
             t = self.target if self.target is not None else default_target(*self.work)
             t = resize_to(t.detach().to(device=device, dtype=torch.float32), self.work)
             self.t_img = t.expand(self.batch, -1, -1, -1).contiguous()
+        self.x_work = resize_to(x.to(device), self.work)
         with torch.no_grad():
-            if self.req.needs_denoiser:
-                clean_cond = s.encode_image(resize_to(x.to(device), self.work))
+            if self.req.needs_denoiser or not self.creq.empty:
+                clean_cond = s.encode_image(self.x_work, self.creq.vae_layers).detach()
                 self.clean_x0 = s.clean_latent(clean_cond).detach()
+                self.clean_cond = None if self.creq.empty else clean_cond
                 del clean_cond
             if self.t_img is not None and cache_conditioning:
                 self.tgt_cond = s.encode_image(self.t_img, self.treq.vae_layers).detach()
+            if run_steps:
+                for n, term in zip(self.names, self.objective.terms):
+                    st = term.prepare(s, photo=self.x_work, target=self.t_img)
+                    if st is not None:
+                        self.states[n] = st
 
     def forward(self, x: Tensor, params, perturbation: DSPConfig, m: Tensor | None, config: ProtectConfig,
                 it: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -381,6 +408,11 @@ class _MemberRun:
             with torch.no_grad():
                 tgt_feats = s.features(None if self.tgt_cond is not None else self.t_img, draw, self.treq,
                                        clean=self.clean_x0, cond=self.tgt_cond)
+        clean_feats = None
+        if self.clean_cond is not None:
+            with torch.no_grad():
+                clean_feats = s.features(None, draw, self.creq, clean=self.clean_x0, cond=self.clean_cond)
+                clean_feats.image = self.x_work
         adv_full = dsp_mod.apply_dsp(x, params, perturbation, m)
         adv_work = resize_to(adv_full, work).to(device)
         if config.robust_jpeg:
@@ -389,7 +421,11 @@ class _MemberRun:
         adv_cond = s.encode_image(adv_work, all_vae)
         adv_feats = s.features(None, draw, self.req, clean=self.clean_x0, cond=adv_cond) if self.shared_terms else None
         own_feats = s.features(None, draw, self.req_own, cond=adv_cond) if self.own_terms else None
-        total, values = self.objective.evaluate(adv_feats, tgt_feats, own=own_feats)
+        for f_ in (adv_feats, own_feats):
+            if f_ is not None:
+                f_.image = adv_work
+        total, values = self.objective.evaluate(adv_feats, tgt_feats, own=own_feats, clean=clean_feats,
+                                                states=self.states)
         if not torch.isfinite(total):
             raise FloatingPointError(
                 f"the objective{self._where()} became {float(total)} at iteration {it + 1} with a "
@@ -442,7 +478,8 @@ class _MemberRun:
         return row
 
     def release(self) -> None:
-        self.t_img = self.clean_x0 = self.tgt_cond = None
+        self.t_img = self.clean_x0 = self.tgt_cond = self.clean_cond = self.x_work = None
+        self.states = {}
 
 
 def _weighted_sum(acc: list | None, grads: Sequence[Tensor | None], weight: float) -> list:
@@ -592,9 +629,14 @@ def protect(
         "budget_convention": "eps in 1/255 of the [0,1] pixel range (eps=8 equals 16/255 in [-1,1])",
         "noisy_latent": "one z_t per iteration from the clean photo's latent, shared by target and adversarial pass",
         "mask": None if mask is None else "given",
+        "method": (runs[0].objective.method_name() if ens is None else
+                   {r.label: r.objective.method_name() for r in runs}),
+        "space": perturbation.space,
     })
     settings["notes"] = notes + ([inert] if inert else [])
     run_steps = 0 if inert else config.steps
+    if config.random_start and run_steps and runs:  # drawn first from the (first) run's seeded generator
+        _random_start(params, perturbation, runs[0].gen)
     modules = ens.modules() if ens is not None else surrogate.modules()
     lv_runs = []
     for run in runs:
@@ -625,7 +667,7 @@ def protect(
         with stack, torch.inference_mode(False), torch.enable_grad(), frozen_models(modules):
             for run in runs:
                 with active(run.surrogate):
-                    run.prepare(x, cache_conditioning)
+                    run.prepare(x, cache_conditioning, run_steps)
             it = 0
             while it < run_steps:
                 grads = None

@@ -255,7 +255,7 @@ def _photos(names: list[str], size: int) -> dict[str, torch.Tensor]:
 
 def run_task(family: str, pname: str, args) -> dict:
     """Every method at every budget on one photo against one family: ``{"results": ..., "transform_alone": ...}``."""
-    from anti_i2v.protect import ProtectConfig, protect
+    from anti_i2v.protect import protect
     from anti_i2v.surrogates import tiny_surrogate
 
     photo = _photos([pname], args.size)[pname]

@@ -247,7 +247,7 @@ def _real_width_cpu(name: str, iters: int) -> dict:
                                                          cond=s.encode_image(x, req.vae_layers)), s.modules())
     tokens = s.latent_frames() * (128 // 16) * (192 // 16) + cfg["max_text_seq_length"]
     s.num_frames = saved_frames
-    del x, clean
+    x = clean = None  # free before the timed loop
     stop, base = _rss_sampler()
     times = _time_loop(s, obj, img, iters, low_vram=low)
     peak = stop()

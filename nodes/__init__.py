@@ -7,6 +7,7 @@ permanent (saved workflows refer to them).
 from .ensemble_nodes import EnsembleSurrogate
 from .inspect_nodes import LayerPCA
 from .loss_nodes import BaselineLossNode, DSPPerturb, IRALossNode, IRCLossNode
+from .method_nodes import DefenseMethod
 from .preview_nodes import PreviewAttackVideo
 from .protect_image import ProtectImage
 from .protect_nodes import ProtectLoop
@@ -23,6 +24,7 @@ NODE_CLASS_MAPPINGS = {
     "AntiI2V_LayerPCA": LayerPCA,
     "AntiI2V_EnsembleSurrogate": EnsembleSurrogate,
     "AntiI2V_ProtectImage": ProtectImage,
+    "AntiI2V_DefenseMethod": DefenseMethod,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -36,6 +38,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AntiI2V_LayerPCA": "Layer PCA Maps (Anti-I2V)",
     "AntiI2V_EnsembleSurrogate": "Ensemble Surrogate (Anti-I2V)",
     "AntiI2V_ProtectImage": "Protect Image for I2V (Anti-I2V)",
+    "AntiI2V_DefenseMethod": "Defense Method (Anti-I2V)",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

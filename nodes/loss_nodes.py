@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from anti_i2v.dsp import DCT_CHANNEL_SETS, SPACES, DSPConfig
-from anti_i2v.losses import AUTO, DiffusionLoss, EncoderLoss, IRALoss, IRCLoss, parse_layer_spec, parse_pair_spec
+from anti_i2v.losses import AUTO, IRALoss, IRCLoss, parse_layer_spec, parse_pair_spec
+from anti_i2v.methods import TERM_NAMES, loss_term
 
 from . import runtime
 from .comfy import CATEGORY, DSPType, LossType, io
@@ -170,12 +171,20 @@ class BaselineLossNode(io.ComfyNode):
             display_name="Baseline Loss (AdvDM / PhotoGuard)",
             category=CATEGORY,
             description=(
-                "Baseline protection terms for comparison: AdvDM maximises the denoiser's error; PhotoGuard's "
-                "encoder attack pulls the photo's VAE latent towards a target image's latent."
+                "One term of another defense, to compose objectives by hand (README 'Defenses'): AdvDM maximises "
+                "the denoiser's error; PhotoGuard's encoder attack pulls the VAE latent to a target's; Mist's "
+                "textural loss; SDS(-)/(+) (score distillation, no denoiser Jacobian); VGMShield (image- and "
+                "VAE-encoder embeddings pushed from the clean photo's or pulled to a target's); I2VGuard's "
+                "spatial, temporal-attention and diffusion attacks and its image-distance term. The Defense "
+                "Method node builds a whole defense with its paper's defaults."
             ),
             inputs=[
-                io.Combo.Input("method", options=["advdm", "photoguard"], default="advdm",
-                               tooltip="advdm: maximise the denoising loss; photoguard: VAE-latent attack."),
+                io.Combo.Input("method", options=list(TERM_NAMES), default="advdm",
+                               tooltip="advdm: maximise the denoising loss; photoguard: VAE-latent attack; "
+                                       "mist_textural: Mist's summed latent distance to the target; sds-/sds+: "
+                                       "score distillation (minimise/maximise); vgmshield_undirected/directed: "
+                                       "encoder embeddings away from the clean photo / to the target; "
+                                       "i2vguard_spatial/temporal/diffusion, image_distance: I2VGuard's terms."),
                 io.Float.Input("weight", default=1.0, min=-1000.0, max=1000.0, step=0.1,
                                tooltip="Multiplier of this term in the sum."),
                 *_loss_inputs(with_target=True),
@@ -187,10 +196,5 @@ class BaselineLossNode(io.ComfyNode):
     def execute(cls, method: str, weight: float, target_image=None, losses=None) -> io.NodeOutput:
         node = "AntiI2V_BaselineLoss"
         with runtime.node_errors(node):
-            if method == "advdm":
-                term = DiffusionLoss(weight=float(weight))
-            elif method == "photoguard":
-                term = EncoderLoss(weight=float(weight))
-            else:
-                raise ValueError(f"method must be 'advdm' or 'photoguard', got {method!r}")
+            term = loss_term(method, float(weight))
             return io.NodeOutput(_chain(losses, term, target_image, node))

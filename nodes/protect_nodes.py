@@ -48,8 +48,9 @@ class ProtectLoop(io.ComfyNode):
                 SurrogateType.Input("surrogate", tooltip="The I2V surrogate from Load I2V Surrogate, or several "
                                                          "from Ensemble Surrogate."),
                 DSPType.Input("perturbation", tooltip="Perturbation settings from Dual-Space Perturbation."),
-                LossType.Input("losses", tooltip="The objective: a chain of IRA / IRC / Baseline loss nodes (with an "
-                                                 "ensemble: for the members without losses of their own)."),
+                LossType.Input("losses", tooltip="The objective: a chain of IRA / IRC / Baseline loss nodes, or a "
+                                                 "Defense Method node (with an ensemble: for the members without "
+                                                 "losses of their own)."),
                 io.Int.Input("steps", default=200, min=0, max=10000,
                              tooltip="Iterations (paper: 200)."),
                 io.Float.Input("step_size", default=1.0, min=0.01, max=64.0, step=0.05,
@@ -74,6 +75,12 @@ class ProtectLoop(io.ComfyNode):
                 io.Int.Input("robust_jpeg", default=0, min=0, max=100, optional=True,
                              tooltip="0: off. A JPEG quality (e.g. 75): optimise through a differentiable JPEG every "
                                      "iteration so the protection survives re-encoding."),
+                io.Boolean.Input("loop_from_method", default=False, optional=True,
+                                 tooltip="Use the paper's steps, step size, step rule, schedule and random start of "
+                                         "the defense from a Defense Method node (this node's widgets for those are "
+                                         "then ignored)."),
+                io.Boolean.Input("random_start", default=False, optional=True,
+                                 tooltip="Start from a random point of the budget (as the baselines' PGD does)."),
             ],
             outputs=[
                 io.Image.Output(display_name="protected", tooltip="Protected images, same size as the input."),
@@ -87,12 +94,20 @@ class ProtectLoop(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, surrogate, perturbation, losses, steps: int, step_size: float, schedule: str,
-                optimizer: str, seed: int, frames: int, mask=None, robust_jpeg: int = 0) -> io.NodeOutput:
+                optimizer: str, seed: int, frames: int, mask=None, robust_jpeg: int = 0,
+                loop_from_method: bool = False, random_start: bool = False) -> io.NodeOutput:
         _check_sockets(surrogate, perturbation, losses)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         with runtime.node_errors(NODE_ID):
-            config = ProtectConfig(steps=int(steps), step_size=float(step_size), schedule=schedule,
-                                   optimizer=optimizer, seed=int(seed), robust_jpeg=int(robust_jpeg))
+            if loop_from_method:
+                if losses.loop is None:
+                    raise ValueError("loop_from_method is on but the losses do not come from a Defense Method node; "
+                                     "connect one or turn loop_from_method off")
+                config = ProtectConfig(**losses.loop, seed=int(seed), robust_jpeg=int(robust_jpeg))
+            else:
+                config = ProtectConfig(steps=int(steps), step_size=float(step_size), schedule=schedule,
+                                       optimizer=optimizer, seed=int(seed), robust_jpeg=int(robust_jpeg),
+                                       random_start=bool(random_start))
             if int(frames) < 0:
                 raise ValueError(f"frames must be >= 0 (0 keeps the surrogate's), got {frames}")
             with runtime.grad_enabled():

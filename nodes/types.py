@@ -23,15 +23,22 @@ class LossChain:
 
     objective: Objective
     target: torch.Tensor | None = None
+    #: the paper's loop settings of the defense this chain came from (Defense Method node), or None
+    loop: dict | None = None
 
-    def extend(self, term: LossTerm, target: torch.Tensor | None = None) -> "LossChain":
-        """A new chain with ``term`` appended; ``target`` (when given) replaces the chain's target."""
-        return LossChain(self.objective + term, self.target if target is None else target)
+    def extend(self, term: "LossTerm | Objective", target: torch.Tensor | None = None,
+               loop: dict | None = None) -> "LossChain":
+        """A new chain with ``term`` (or a whole objective) appended; ``target`` (when given) replaces the chain's
+        target; ``loop`` the chain's paper loop settings."""
+        return LossChain(self.objective + term, self.target if target is None else target,
+                         loop if loop is not None else self.loop)
 
     @staticmethod
-    def start(term: LossTerm, target: torch.Tensor | None = None) -> "LossChain":
-        """A chain holding only ``term``."""
-        return LossChain(Objective((term,)), target)
+    def start(term: "LossTerm | Objective", target: torch.Tensor | None = None,
+              loop: dict | None = None) -> "LossChain":
+        """A chain holding only ``term`` (or a whole objective)."""
+        obj = term if isinstance(term, Objective) else Objective((term,))
+        return LossChain(obj, target, loop)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 The browser test checks this converter against the frontend's own ``app.graphToPrompt`` on every shipped preset;
 the demo uses it to run a preset without a browser. Widget values are matched to the node's widget inputs in
 ``/object_info`` order; the frontend's extra widget values (``control_after_generate`` after seeds, the upload
-button after ``LoadImage``'s image) are skipped.
+button after ``LoadImage``'s image) are skipped; widgets a workflow saved before they existed get their defaults,
+as in the frontend.
 """
 
 from __future__ import annotations
@@ -28,6 +29,21 @@ def _is_widget(spec: list) -> bool:
     if kind in SOCKETLESS:
         return not (len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("forceInput"))
     return False
+
+
+_NO_DEFAULT = object()
+
+
+def _default(spec: list) -> Any:
+    """The default the frontend gives a widget that a saved workflow lacks (its declared default, else a combo's
+    first option)."""
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in opts:
+        return opts["default"]
+    options = spec[0] if isinstance(spec[0], list) else opts.get("options")
+    if isinstance(options, list) and options:
+        return options[0]
+    return _NO_DEFAULT
 
 
 def _widget_inputs(info: dict) -> list[tuple[str, list]]:
@@ -72,7 +88,12 @@ def ui_to_api(workflow: dict, object_info: dict[str, Any]) -> dict[str, dict]:
         i = 0
         for name, spec in _widget_inputs(info):
             if i >= len(values):
-                break
+                # a workflow saved before the node gained this widget (appended inputs): the frontend gives it
+                # its default, so does this converter
+                default = _default(spec)
+                if default is not _NO_DEFAULT and name not in inputs:
+                    inputs[name] = default
+                continue
             value = values[i]
             i += 1
             opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}

@@ -412,6 +412,43 @@ def preset_batch() -> tuple[dict, dict, str]:
     return g, layout, note
 
 
+COMPARED = ("anti-i2v", "mist", "sds")
+
+
+def preset_compare() -> tuple[dict, dict, str]:
+    """Three defenses on one photo, each with its paper's defaults, previews and figures side by side."""
+    g = {
+        "1": _n("LoadImage", "Photo to protect", image="example.png"),
+        "2": _n("AntiI2V_LoadSurrogateI2V", family="cogvideox", folder=COGVIDEOX_FOLDER, dtype="bfloat16",
+                frames=9, gradient_checkpointing=False),
+    }
+    layout = {"1": (20, 80), "2": (20, 440)}
+    for k, method in enumerate(COMPARED):
+        d, p, s, r, v, m = (str(10 * (k + 1) + j) for j in range(6))
+        x = 420 + 560 * k
+        g[d] = _n("AntiI2V_DefenseMethod", f"Defense: {method}", surrogate=["2", 0], method=method, space="paper",
+                  eps=0.0)
+        g[p] = _n("AntiI2V_ProtectLoop", f"Protect ({method})", image=["1", 0], surrogate=["2", 0],
+                  perturbation=[d, 0], losses=[d, 1], steps=200, step_size=1.0, schedule="constant",
+                  optimizer="sign", seed=0, frames=0, robust_jpeg=0, loop_from_method=True, random_start=False)
+        g[s] = _n("SaveImage", f"Save ({method})", images=[p, 0], filename_prefix=f"anti_i2v/compare_{method}")
+        g[r] = _n("PreviewAny", f"Report ({method})", source=[p, 2])
+        g[v] = _n("AntiI2V_PreviewAttackVideo", f"Attack video ({method})", surrogate=["2", 0],
+                  clean_image=["1", 0], protected_image=[p, 0], steps=4, seed=0, frames=0)
+        g[m] = _n("PreviewAny", f"Figures ({method})", source=[v, 2])
+        layout.update({d: (x, 80), p: (x, 330), s: (x, 820), r: (x, 1160), v: (x, 1420), m: (x, 1900)})
+    note = (
+        "## Compare defenses on one photo (Anti-I2V, Mist, SDS)\n\n"
+        "Each column runs one defense **as its paper defines it** (Defense Method node: its objective, perturbation "
+        "space and budget; Protect Image's `loop_from_method` uses its steps, step size and step rule) on the same "
+        "photo and surrogate, with fixed seeds. Each **Preview Attack Video** shows the video from the clean and "
+        "the protected photo side by side, with the figures (video drift, identity similarity) below.\n\n"
+        "Change a column's method to advdm, photoguard, vgmshield or i2vguard, or its space to run it in the DSP. "
+        "README, 'Defenses', lists every paper's defaults."
+    )
+    return g, layout, note
+
+
 PRESETS = {
     "protect_cogvideox_preview": preset_cogvideox,
     "protect_wan21_native": preset_wan21,
@@ -420,6 +457,7 @@ PRESETS = {
     "protect_wan22_ti2v_native": preset_wan22_ti2v,
     "protect_ltxv_native": preset_ltxv,
     "protect_batch": preset_batch,
+    "compare_defenses_cogvideox": preset_compare,
 }
 
 #: groups per preset: (title, node ids, colour)
@@ -427,6 +465,8 @@ GROUPS = {
     "protect_wan21_native": [("Protected photo -> Wan 2.1 video", ["23", "14", "15", "16", "17"], "#3f5159"),
                              ("Clean photo -> Wan 2.1 video (comparison)", ["24", "18", "19", "20", "21"],
                               "#593930")],
+    "compare_defenses_cogvideox": [(f"{m}", [str(10 * (k + 1) + j) for j in range(6)], c)
+                                   for k, (m, c) in enumerate(zip(COMPARED, ("#3f5159", "#593930", "#335533")))],
     "protect_svd_native": [("Protected photo -> SVD video", ["10", "11", "12", "13"], "#3f5159"),
                            ("Clean photo -> SVD video (comparison)", ["14", "15", "16", "17"], "#593930")],
     "protect_wan22_native": [("Protected photo -> Wan 2.2 video", ["14", "15", "24", "16", "17"], "#3f5159"),

@@ -28,7 +28,8 @@ What the run changes in the converted prompt, on purpose (the graph itself runs 
 
 * CLIPLoader + CLIPTextEncode become ``AntiI2VTest_ZeroConditioning`` (width 4096; with an all-ones attention
   mask in the LTX-Video preset, as T5 gives): the umT5-XXL / T5-XXL text encoders cannot be made tiny;
-* sizes, frame counts and step counts go down to seconds on CPU (64x64 pixels, 2 steps, 5 attacked frames);
+* sizes, frame counts and step counts go down to seconds on CPU (64x64 pixels, 2 steps, 5 attacked frames;
+  ProtectLoop's ``loop_from_method`` is turned off so the comparison preset's loops also run 2 steps);
 * for the CogVideoX presets, dtype float32 and layer indices the 2-block tiny models have (instead of 27 ...);
   the Wan and SVD presets keep their ``auto`` layers, which resolve on the loaded model (tiny Wan: 1 and 0:1;
   the SVD checkpoint keeps SVD's real 25-block U-Net and SD VAE: IRA 12 + VAE layers 14,15, IRC 2:22).
@@ -54,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
 PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_wan22_native",
-           "protect_wan22_ti2v_native", "protect_ltxv_native", "protect_batch"]
+           "protect_wan22_ti2v_native", "protect_ltxv_native", "protect_batch", "compare_defenses_cogvideox"]
 EXTENSION = "AntiI2V.LossChart"
 ACTION = "Anti-I2V: protect this image"
 TEMPLATE = "image_to_video_wan"  # ComfyUI's official Wan 2.1 I2V template (comfyui-workflow-templates)
@@ -130,6 +131,8 @@ def _tiny(prompt: dict, *, shipped_layers: bool = False) -> dict:
             inp.update(pairs="0:1")
         elif ct == LOOP:
             inp.update(steps=2)
+            if inp.get("loop_from_method"):
+                inp["loop_from_method"] = False  # the papers' loops run 100-1000 steps; 2 here like every loop
         elif ct == "AntiI2V_PreviewAttackVideo":
             inp.update(steps=2)
         elif ct == "WanImageToVideo":

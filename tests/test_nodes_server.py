@@ -30,6 +30,7 @@ NODE_IDS = [
     "AntiI2V_LayerPCA",
     "AntiI2V_EnsembleSurrogate",
     "AntiI2V_ProtectImage",
+    "AntiI2V_DefenseMethod",
 ]
 EPS = 16.0
 PHOTO = "anti_i2v_photo.png"

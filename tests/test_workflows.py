@@ -23,7 +23,7 @@ WORKFLOWS = ROOT / "workflows"
 DOCS = ROOT / "js" / "docs"
 COMFY_DIR = ROOT / ".cache" / "comfyui"
 PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_wan22_native",
-           "protect_wan22_ti2v_native", "protect_ltxv_native", "protect_batch"]
+           "protect_wan22_ti2v_native", "protect_ltxv_native", "protect_batch", "compare_defenses_cogvideox"]
 
 #: core ComfyUI 0.3.75 node types the presets may use (checked against ComfyUI's sources below)
 CORE_NODES = {

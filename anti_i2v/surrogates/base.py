@@ -67,6 +67,13 @@ class FeatureRequest:
         need_output: run the denoiser to the end and return its prediction (and the prediction target).
         need_latent: return the image latent (as the pipeline scales it).
         own_latent: build ``z_t`` from the passed image itself (AdvDM), not from the shared clean latent.
+        image_embed: return the image encoder's embedding of the photo (:meth:`Surrogate.image_embedding`;
+            VGMShield), None for families without an image encoder.
+        attention: capture the temporal self-attention maps of the denoiser
+            (:meth:`Surrogate.temporal_attention_modules`; I2VGuard's temporal attack). Turns off the early exit.
+        jacobian_free: run the denoiser without a graph (SDS: the gradient skips the denoiser's Jacobian); the
+            returned ``noisy`` latent keeps its graph. Only kept by :meth:`merge` when every merged request that
+            runs the denoiser asks for it.
     """
 
     blocks: frozenset[int] = frozenset()
@@ -74,23 +81,31 @@ class FeatureRequest:
     need_output: bool = False
     need_latent: bool = False
     own_latent: bool = False
+    image_embed: bool = False
+    attention: bool = False
+    jacobian_free: bool = False
 
     def merge(self, other: "FeatureRequest") -> "FeatureRequest":
+        runs = [r for r in (self, other) if r.needs_denoiser]
         return FeatureRequest(
             blocks=self.blocks | other.blocks,
             vae_layers=self.vae_layers | other.vae_layers,
             need_output=self.need_output or other.need_output,
             need_latent=self.need_latent or other.need_latent,
             own_latent=self.own_latent or other.own_latent,
+            image_embed=self.image_embed or other.image_embed,
+            attention=self.attention or other.attention,
+            jacobian_free=bool(runs) and all(r.jacobian_free for r in runs),
         )
 
     @property
     def needs_denoiser(self) -> bool:
-        return bool(self.blocks) or self.need_output
+        return bool(self.blocks) or self.need_output or self.attention
 
     @property
     def empty(self) -> bool:
-        return not (self.blocks or self.vae_layers or self.need_output or self.need_latent)
+        return not (self.blocks or self.vae_layers or self.need_output or self.need_latent or self.image_embed
+                    or self.attention)
 
 
 @dataclass
@@ -104,6 +119,14 @@ class Features:
     target: Tensor | None = None
     #: the noisy video latent z_t the denoiser saw (None when the denoiser did not run)
     noisy: Tensor | None = None
+    #: the image encoder's embedding of the photo (``request.image_embed``; None without an image encoder)
+    image_embed: Tensor | None = None
+    #: temporal self-attention maps by module name (``request.attention``), float32
+    attention: dict[str, Tensor] = field(default_factory=dict)
+    #: the timestep and noise of the pass (set when the denoiser ran)
+    draw: "NoiseDraw | None" = None
+    #: the image batch at the working size the pass was given (set by the protect loop)
+    image: Tensor | None = None
 
 
 @dataclass
@@ -409,6 +432,8 @@ class Surrogate(abc.ABC):
             raise SurrogateError(f"the cached conditioning has no VAE-encoder layer(s) {missing_vae}")
         out.latent = cond.latent
         out.vae = {i: cond.vae[i] for i in request.vae_layers}
+        if request.image_embed:
+            out.image_embed = self.image_embedding(cond)
         if not request.needs_denoiser:
             return out
         if clean is None or request.own_latent:
@@ -421,8 +446,12 @@ class Surrogate(abc.ABC):
                 x0 = x0.expand(cond.batch, *x0.shape[1:])
         noisy = self.noisy_latent(x0, draw)
         out.noisy = noisy
+        out.draw = draw
         deepest = max(request.blocks) if request.blocks else -1
-        stop_early = self.early_exit and not request.need_output and deepest >= 0
+        stop_early = self.early_exit and not request.need_output and not request.attention and deepest >= 0
+        attn_modules = list(self.temporal_attention_modules()) if request.attention else []
+        if request.attention and not attn_modules:
+            raise SurrogateError(f"the {self.family} surrogate has no temporal self-attention module to read")
         blocks = self.denoiser_blocks()
 
         def block_hook(index: int):
@@ -438,13 +467,21 @@ class Surrogate(abc.ABC):
         try:
             for i in sorted(request.blocks):
                 handles.append(blocks[i][1].register_forward_hook(block_hook(i)))
-            with self._checkpointing():
+            from .attention import capture_attention
+
+            graph = contextlib.nullcontext() if not request.jacobian_free else torch.no_grad()
+            # attention maps are intermediate tensors of a block: under gradient checkpointing their graph would be
+            # dropped and recomputed, so a pass that reads them runs without checkpointing
+            ckpt = self._checkpointing() if not request.attention else contextlib.nullcontext()
+            with ckpt, capture_attention(attn_modules, out.attention), graph:
                 try:
-                    pred = self.denoise(cond, noisy, draw)
+                    pred = self.denoise(cond, noisy.detach() if request.jacobian_free else noisy, draw)
                     out.output = pred.float()
                     out.target = self.prediction_target(x0, draw)
                 except _EarlyExit:
                     pass
+            if request.jacobian_free and out.target is not None:
+                out.target = out.target.detach()
         finally:
             for h in handles:
                 h.remove()
@@ -521,6 +558,35 @@ class Surrogate(abc.ABC):
             for h in handles:
                 h.remove()
         return [shapes[i] for i in range(self.num_blocks)]
+
+    def image_embedding(self, cond: Conditioning) -> Tensor | None:
+        """The image encoder's embedding of the conditioned photo (differentiable), or None when the family has no
+        image encoder (CogVideoX). Default: the ``image_embeds`` part of the conditioning when there is one."""
+        emb = cond.parts.get("image_embeds")
+        return emb if isinstance(emb, Tensor) else None
+
+    #: whether :meth:`generate_latent` works (the diffusers families: their pipeline's ``output_type="latent"``)
+    generates_latents: ClassVar[bool] = False
+
+    def generate_latent(self, image: Tensor, *, num_inference_steps: int = 3, seed: int = 0) -> Tensor:
+        """The latent video the family's pipeline generates from ``image`` (1, 3, H, W), in the convention and
+        shape of :meth:`clean_latent` at the working size, on the surrogate's device (I2VGuard's clean generation).
+
+        Raises:
+            SurrogateError: the family cannot generate a latent video (:attr:`generates_latents` is False).
+        """
+        if not self.generates_latents:
+            raise SurrogateError(f"the {self.family} surrogate cannot generate a latent video")
+        out = self.generate(image, num_inference_steps=int(num_inference_steps), seed=int(seed), output_type="latent")
+        return out.to(self.device)
+
+    def temporal_attention_modules(self) -> list[tuple[str, nn.Module]]:
+        """Attention modules that attend over frames only (temporal self-attention), in forward order.
+
+        Empty by default: DiT families (CogVideoX, Wan) have full 3D attention over all tokens and no temporal
+        self-attention module. SVD's U-Net returns its temporal transformer blocks' self-attention.
+        """
+        return []
 
     def block_shapes_match(self, i: int, j: int) -> bool:
         """Whether blocks ``i`` and ``j`` output features of one shape (IRC needs it). DiTs: always."""

@@ -146,6 +146,7 @@ class CogVideoXSurrogate(Surrogate):
     """
 
     family = "cogvideox"
+    generates_latents = True
     default_size = (480, 720)
     size_multiple = 16
 
@@ -466,8 +467,12 @@ class CogVideoXSurrogate(Surrogate):
         seed: int = 0,
         num_frames: int | None = None,
         guidance_scale: float = 1.0,
+        output_type: str = "pt",
     ) -> Tensor:
         """A short I2V video with diffusers' ``CogVideoXImageToVideoPipeline`` built from these modules.
+
+        ``output_type="latent"`` returns the generated latent video instead, (1, L, C, h, w) float32 on CPU, in the
+        convention of :meth:`clean_latent` (scaled): :meth:`generate_latent`.
 
         No text encoder runs: the cached prompt embeddings are passed (and zeros of the same shape as the
         negative embeddings when ``guidance_scale > 1``). Learned positional tables are sliced to the frame
@@ -513,9 +518,11 @@ class CogVideoXSurrogate(Surrogate):
                 height=h,
                 width=w,
                 generator=generator,
-                output_type="pt",
+                output_type="latent" if output_type == "latent" else "pt",
                 return_dict=False,
             )[0]
+        if output_type == "latent":
+            return video.float().cpu()
         return video[0].float().clamp(0, 1).cpu()
 
     # ----------------------------------------------------------------- construction

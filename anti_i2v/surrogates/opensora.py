@@ -71,7 +71,7 @@ from .opensora_model import (
     TemporalVAE,
     TemporalVAEConfig,
 )
-from .prompts import PROMPT_FILE, load_prompt_embeds, save_prompt_embeds
+from .prompts import PROMPT_FILE, load_prompt_embeds
 
 __all__ = [
     "OpenSoraSurrogate",

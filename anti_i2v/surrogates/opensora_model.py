@@ -34,7 +34,7 @@ VAE checkpoint keys (``OpenSora-VAE-v1.2/model.safetensors``): ``spatial_vae.mod
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
 import torch

@@ -267,6 +267,7 @@ class SVDSurrogate(Surrogate):
     """
 
     family = "svd"
+    generates_latents = True
     native_size = None
     default_size = (576, 1024)
     size_multiple = 64
@@ -388,6 +389,16 @@ class SVDSurrogate(Surrogate):
             for j, up in enumerate(ups):
                 blocks.append((f"up_blocks.{i}.upsamplers.{j}", up))
         return blocks
+
+    def temporal_attention_modules(self) -> list[tuple[str, nn.Module]]:
+        """The temporal self-attention of every ``TransformerSpatioTemporalModel`` of the U-Net, in forward order:
+        ``temporal_transformer_blocks[k].attn1`` (each token attends over the frames at its spatial position)."""
+        out = []
+        for name, mod in self.unet.named_modules():
+            if name.endswith("temporal_transformer_blocks") and isinstance(mod, nn.ModuleList):
+                for k, blk in enumerate(mod):
+                    out.append((f"{name}.{k}.attn1", blk.attn1))
+        return out
 
     @property
     def num_down_blocks(self) -> int:
@@ -801,8 +812,12 @@ class SVDSurrogate(Surrogate):
         seed: int = 0,
         num_frames: int | None = None,
         size: tuple[int, int] | None = None,
+        output_type: str = "pt",
     ) -> Tensor:
         """A short I2V video of ``image`` with diffusers' ``StableVideoDiffusionPipeline`` (deterministic).
+
+        ``output_type="latent"`` returns the generated latent video instead, (1, F, C, h, w) float32 on CPU, in the
+        convention of :meth:`clean_latent` (scaled by the VAE's scaling factor): :meth:`generate_latent`.
 
         The photo goes to the pipeline as an 8-bit PIL image, as a user's file would (the pipeline's tensor path
         skips the CLIP resize); the pipeline resizes it to ``working_size(H, W)`` of the photo, the size the attack
@@ -841,6 +856,8 @@ class SVDSurrogate(Surrogate):
                 noise_aug_strength=self.noise_aug_strength,
                 decode_chunk_size=frames,
                 generator=gen,
-                output_type="pt",
+                output_type="latent" if output_type == "latent" else "pt",
             ).frames
+        if output_type == "latent":
+            return video.float().cpu()
         return video[0].float().clamp(0, 1).cpu()

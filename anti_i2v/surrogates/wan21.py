@@ -250,6 +250,7 @@ class Wan21Surrogate(Surrogate):
     """
 
     family: ClassVar[str] = "wan21"
+    generates_latents: ClassVar[bool] = True
     native_size: ClassVar[tuple[int, int] | None] = None
     default_size: ClassVar[tuple[int, int]] = (480, 832)
     size_multiple: ClassVar[int] = 16
@@ -565,6 +566,11 @@ class Wan21Surrogate(Surrogate):
         latent = self._encode_video((x * 2.0 - 1.0).unsqueeze(2))
         return Conditioning(latent=latent, parts={"image": x, "grad": torch.is_grad_enabled()})
 
+    def image_embedding(self, cond: Conditioning) -> Tensor | None:
+        """The CLIP image tokens the transformer sees (``hidden_states[-2]``) of the conditioned photo."""
+        image = cond.parts.get("image")
+        return None if image is None else self.image_embeds(image)
+
     def conditioning(self, cond: Conditioning) -> WanConditioning:
         """The pipeline's conditioning (:meth:`encode_condition`) of the photo in ``cond``, built once and kept.
 
@@ -634,8 +640,12 @@ class Wan21Surrogate(Surrogate):
         seed: int = 0,
         num_frames: int | None = None,
         guidance_scale: float = 1.0,
+        output_type: str = "pt",
     ) -> Tensor:
         """A short I2V video of ``image`` with the real ``WanImageToVideoPipeline`` (cached prompt embeddings).
+
+        ``output_type="latent"`` returns the generated latent video instead, (1, z, T, h, w) float32 on CPU, in the
+        convention of :meth:`clean_latent` (normalised): :meth:`generate_latent`.
 
         Args:
             image: (3, H, W) or (1, 3, H, W) in [0, 1], resized to :meth:`working_size` of its size: the size
@@ -672,9 +682,11 @@ class Wan21Surrogate(Surrogate):
             num_inference_steps=int(num_inference_steps),
             guidance_scale=float(guidance_scale),
             generator=torch.Generator(device="cpu").manual_seed(int(seed)),
-            output_type="pt",
+            output_type="latent" if output_type == "latent" else "pt",
             return_dict=False,
         )[0]
+        if output_type == "latent":
+            return video.float().cpu()
         return video[0].float().cpu().clamp(0, 1)
 
     # ----------------------------------------------------------------- construction

@@ -97,6 +97,12 @@ class NativeWan21Surrogate(NativeSurrogate):
                 parts.update(self._cv_parts(start))
             return Conditioning(latent=self.base_model.process_latent_in(lat[:, :, :1]), parts=parts)
 
+    def image_embedding(self, cond: Conditioning) -> Tensor | None:
+        """The CLIP-vision tokens WanImageToVideo feeds the model (``penultimate_hidden_states``), or None without
+        a CLIP_VISION (VGMShield's image-encoder term)."""
+        emb = cond.parts.get("clip_vision.penultimate_hidden_states")
+        return emb if isinstance(emb, Tensor) else None
+
     def clean_latent(self, cond: Conditioning) -> Tensor:
         """The still video: the photo's latent repeated over the T latent frames, (B, 16, T, h, w)."""
         t_lat = cond.parts["concat_latent_image"].shape[2]
