@@ -72,6 +72,14 @@ if [ "$(cat "$cstamp" 2>/dev/null)" != "$cwant" ]; then
   echo "$cwant" > "$cstamp"
 fi
 
+# BRISQUE's model files (OpenCV's LIVE SVR), read by anti_i2v/brisque.py: Debian's opencv-data package.
+if [ ! -f /usr/share/opencv4/quality/brisque_model_live.yml ] && [ -z "${ANTI_I2V_BRISQUE_DIR:-}" ]; then
+  log "installing Debian opencv-data (BRISQUE model files)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq opencv-data >/dev/null
+fi
+
 if [ "$want_browser" = 1 ] && ! command -v chromedriver >/dev/null 2>&1; then
   log "installing Debian chromium + chromium-driver"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
