@@ -27,8 +27,10 @@ one photo (``--photo``, default scikit-image's astronaut portrait, loaded from t
 The ``none`` row is the clean photo itself: its drift is exactly zero (the generation is deterministic) and
 its BRISQUE and identity are the reference the rows compare with.
 
-Output (``--out DIR``, default ``bench_out/compare``): ``compare.json`` (settings, machine, every figure) and
-``compare.md`` (one Markdown table per family); the tables also go to stdout, progress to stderr.
+Output (``--out DIR``, default ``bench_out/compare``): ``compare.json`` (settings, machine, every figure),
+``compare.md`` (one Markdown table per family) and ``compare.png`` (photo CIEDE2000 against the video's latent
+drift after JPEG, one panel per family; ``--no-plot`` skips it); the tables also go to stdout, progress to
+stderr.
 
 Tiny random-weight models are not real I2V models: their videos are noise, so drift, BRISQUE and identity
 only show that the machinery runs; they say nothing about how strong any defense is against real weights.
@@ -220,6 +222,43 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(report: dict, path: Path) -> str | None:
+    """One panel per family: photo CIEDE2000 (x) against latent drift after JPEG (y), one point per row
+    (filled: the method's own space; hollow: DSP). Returns None, or why no plot was written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib): no plot"
+    fams = list(report["families"])
+    fig, axes = plt.subplots(1, len(fams), figsize=(4.2 * len(fams), 3.8), squeeze=False)
+    names = [r["method"] for r in report["families"][fams[0]]["rows"] if r["method"] != NONE]
+    names = list(dict.fromkeys(names))
+    colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
+    for ax, fam in zip(axes[0], fams):
+        for row in report["families"][fam]["rows"]:
+            if row["method"] == NONE:
+                continue
+            x, y = row["photo"]["ciede2000"], row["video_jpeg"]["latent_relative"]
+            if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
+                continue
+            c = colours[row["method"]]
+            ax.scatter([x], [y], s=50, color=c if row["own_space"] else "none", edgecolors=[c], linewidths=1.5,
+                       label=f"{row['method']} ({row['space']})")
+        ax.set_title(fam)
+        ax.set_xlabel("photo CIEDE2000 mean (lower = less visible)")
+        ax.set_ylabel("video latent drift after JPEG")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle("Tiny random-weight surrogates: the machinery, not real strength", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
 # -------------------------------------------------------------------------------------------- main
 
 
@@ -267,7 +306,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny models: 1 is fastest)")
     ap.add_argument("--no-faces", action="store_true", help="skip the identity (SFace) figures")
-    ap.add_argument("--out", default="bench_out/compare", help="output folder (compare.json, compare.md)")
+    ap.add_argument("--no-plot", action="store_true", help="do not write compare.png")
+    ap.add_argument("--out", default="bench_out/compare",
+                    help="output folder (compare.json, compare.md, compare.png)")
     args = ap.parse_args(argv)
 
     from anti_i2v.dsp import SPACES
@@ -322,11 +363,13 @@ def main(argv: list[str] | None = None) -> dict:
     }
     report["seconds"] = time.perf_counter() - t0
     report = json_safe(_round_all(report))
+    report["plot"] = None if args.no_plot else (plot(report, out / "compare.png") or "compare.png")
     (out / "compare.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     table = markdown(report)
     (out / "compare.md").write_text(table, encoding="utf-8")
     print(table)
-    _log(f"[compare] done in {report['seconds']:.0f}s: {out / 'compare.json'}, {out / 'compare.md'}")
+    _log(f"[compare] done in {report['seconds']:.0f}s: {out / 'compare.json'}, {out / 'compare.md'}"
+         + (f", {out / 'compare.png'}" if report["plot"] == "compare.png" else ""))
     return report
 
 

@@ -167,6 +167,8 @@ def test_tiny_run_has_every_method_in_its_space_and_in_dsp(tmp_path, capsys):
     assert f"**{fam}**" in md and md.count("| none |") == 1
     for name, space in expected[1:]:
         assert any(line.startswith(f"| {name} | {space}") for line in md.splitlines()), (name, space)
+    assert report["plot"] == "compare.png"  # matplotlib is a test dependency
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bad_arguments_exit(tmp_path):
