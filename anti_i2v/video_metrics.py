@@ -278,10 +278,17 @@ class CostMeter:
       RSS does, but it also counts allocator caching: memory freed by an earlier run and kept by the C
       allocator is reused without raising RSS, so later runs in one process could read low. The meter asks
       glibc to return such memory first (``malloc_trim``); figures are still approximate (a few MB).
+
+    Args:
+        device: the device the run uses.
+        interval_s: CPU: the RSS sampling period.
+        clock: the time source (seconds).
     """
 
-    def __init__(self, device: torch.device | str = "cpu", *, interval_s: float = 0.002) -> None:
+    def __init__(self, device: torch.device | str = "cpu", *, interval_s: float = 0.002,
+                 clock=time.perf_counter) -> None:
         self.device = torch.device(device)
+        self.clock = clock
         self.interval_s = float(interval_s)
         self._times: list[float] = []
         self._peak = 0
@@ -298,7 +305,7 @@ class CostMeter:
 
     def callback(self, progress=None) -> None:
         """Record the time of one finished iteration (the protect loop's callback; returns None: never stops)."""
-        self._times.append(time.perf_counter())
+        self._times.append(self.clock())
 
     def _sample(self) -> None:
         while not self._stop.is_set():
@@ -308,7 +315,7 @@ class CostMeter:
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> "CostMeter":
-        self._times = [time.perf_counter()]
+        self._times = [self.clock()]
         self.peak_mem_mb = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
