@@ -24,7 +24,8 @@ one photo (``--photo``, default scikit-image's astronaut portrait, loaded from t
    * cost: seconds per iteration (median) and peak memory of the protect run
      (``anti_i2v.video_metrics.CostMeter``: CUDA peak allocation, or CPU peak RSS above the start).
 
-The ``none`` row is the clean photo itself: its drift is exactly zero (the generation is deterministic) and
+A method that fails is recorded with its ``error`` (all its figures None, "error" in the table) and the run
+goes on (``--strict`` stops instead). The ``none`` row is the clean photo itself: its drift is exactly zero (the generation is deterministic) and
 its BRISQUE and identity are the reference the rows compare with.
 
 Output (``--out DIR``, default ``bench_out/compare``): ``compare.json`` (settings, machine, every figure),
@@ -95,6 +96,15 @@ def _round_all(d):
     return _r(d)
 
 
+#: the figures of every row, by section (a failed row has them all None and its ``error`` set)
+ROW_FIGURES = {
+    "photo": ("psnr_db", "ssim", "ciede2000", "linf_255"),
+    "video": ("psnr_db", "ssim", "latent_mse", "latent_relative", "brisque", "identity", "face_rate"),
+    "video_jpeg": ("psnr_db", "ssim", "latent_mse", "latent_relative", "brisque", "identity", "face_rate"),
+    "cost": ("s_per_iter", "peak_mem_mb", "iterations"),
+}
+
+
 def rows_of(methods: list[str], spaces: list[str]) -> list[tuple[str, str, bool]]:
     """(method, space, own_space) for every row: each method in each of ``spaces`` (``own`` = the paper's
     space), without duplicates, own space first; the ``none`` row is not included."""
@@ -133,7 +143,7 @@ def run_family(family: str, photo: torch.Tensor, args) -> dict:
     _log(f"[compare] {family}: reference videos {tuple(ref.video.shape)} in {time.perf_counter() - t0:.1f}s")
     rows = [{
         "method": NONE, "title": "no defense (the clean photo)", "space": None, "own_space": None,
-        "settings": None, "loss": None, "protect_seconds": 0.0,
+        "settings": None, "error": None, "loss": None, "protect_seconds": 0.0,
         **defense_figures(s, ref.photo, ref),
         "cost": {"s_per_iter": None, "peak_mem_mb": None, "iterations": 0},
     }]
@@ -141,22 +151,35 @@ def run_family(family: str, photo: torch.Tensor, args) -> dict:
         m = get_method(name)
         steps = m.steps if args.steps == "paper" else int(args.steps)
         eps = m.eps if args.eps == "paper" else float(args.eps)
+        row = {"method": name, "title": m.title, "space": space, "own_space": own,
+               "settings": {"eps": eps, "steps": steps, "step_size": m.step_size,
+                            "optimizer": getattr(m, "optimizer", None), "paper": m.paper}}
         t = time.perf_counter()
-        with CostMeter(device) as meter:
-            res = run_method(name, ref.photo, s, space=space, eps=eps, steps=steps, seed=args.seed,
-                             callback=meter.callback)
-        cost = meter.figures()
-        figs = defense_figures(s, res.protected, ref)
+        try:
+            with CostMeter(device) as meter:
+                res = run_method(name, ref.photo, s, space=space, eps=eps, steps=steps, seed=args.seed,
+                                 callback=meter.callback)
+            cost = meter.figures()
+            figs = defense_figures(s, res.protected, ref)
+        except Exception as exc:  # noqa: BLE001 - one failing method must not lose the other rows
+            if args.strict:
+                raise
+            row.update({"error": f"{type(exc).__name__}: {exc}", "loss": None, "protect_seconds": None,
+                        **{sec: dict.fromkeys(names) for sec, names in ROW_FIGURES.items()}})
+            rows.append(row)
+            _log(f"[compare] {family}: {name} ({space}) FAILED: {row['error']}")
+            continue
+        loop = res.settings.get("loop", {})
+        row["settings"].update({k: loop[k] for k in ("step_size", "optimizer") if k in loop})
         hist = res.history
-        rows.append({
-            "method": name, "title": m.title, "space": space, "own_space": own,
-            "settings": {"eps": eps, "steps": steps, "step_size": res.settings["loop"]["step_size"],
-                         "optimizer": res.settings["loop"]["optimizer"], "paper": m.paper},
+        row.update({
+            "error": None,
             "loss": {"first": hist[0]["loss"], "last": hist[-1]["loss"]} if hist else None,
             "protect_seconds": res.seconds,
             **figs,
-            "cost": {k: cost[k] for k in ("s_per_iter", "peak_mem_mb", "iterations")},
+            "cost": {k: cost[k] for k in ROW_FIGURES["cost"]},
         })
+        rows.append(row)
         _log(f"[compare] {family}: {name} ({space}) {steps} steps in {time.perf_counter() - t:.1f}s")
     return {
         "surrogate": s.describe(),
@@ -215,7 +238,10 @@ def markdown(report: dict) -> str:
         lines.append("|" + "|".join(["---"] * 2 + ["---:"] * len(COLUMNS)) + "|")
         for row in res["rows"]:
             space = "-" if row["space"] is None else (row["space"] + (" (own)" if row["own_space"] else ""))
-            cells = [row["method"], space] + [_cell(row[sec][fig], d) for _, sec, fig, d in COLUMNS]
+            if row.get("error"):
+                cells = [row["method"], space] + ["error"] * len(COLUMNS)
+            else:
+                cells = [row["method"], space] + [_cell(row[sec][fig], d) for _, sec, fig, d in COLUMNS]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines.append(LEGEND)
@@ -307,6 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny models: 1 is fastest)")
     ap.add_argument("--no-faces", action="store_true", help="skip the identity (SFace) figures")
     ap.add_argument("--no-plot", action="store_true", help="do not write compare.png")
+    ap.add_argument("--strict", action="store_true",
+                    help="stop at the first method that fails (default: record its error in its row and go on)")
     ap.add_argument("--out", default="bench_out/compare",
                     help="output folder (compare.json, compare.md, compare.png)")
     args = ap.parse_args(argv)

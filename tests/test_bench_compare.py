@@ -117,7 +117,7 @@ def test_tiny_run_has_every_method_in_its_space_and_in_dsp(tmp_path, capsys):
     out = tmp_path / "cmp"
     eps = 6.0
     report = b.main(["--families", "cogvideox", "--steps", "2", "--eps", str(eps), "--size", "32",
-                     "--gen-steps", "1", "--frames", "1", "--out", str(out)])
+                     "--gen-steps", "1", "--frames", "1", "--strict", "--out", str(out)])
     printed = capsys.readouterr().out
     assert json.loads((out / "compare.json").read_text()) == json.loads(json.dumps(report))
     md = (out / "compare.md").read_text()
@@ -135,6 +135,7 @@ def test_tiny_run_has_every_method_in_its_space_and_in_dsp(tmp_path, capsys):
         own = get_method(name).space
         assert spaces == ([own] if own == "dsp" else [own, "dsp"]), (name, spaces)
     for row in rows:
+        assert row["error"] is None
         for section, figs in ROW_FIGS.items():
             assert set(row[section]) == figs, (row["method"], section)
         for section in ("video", "video_jpeg"):
@@ -168,6 +169,27 @@ def test_tiny_run_has_every_method_in_its_space_and_in_dsp(tmp_path, capsys):
         assert any(line.startswith(f"| {name} | {space}") for line in md.splitlines()), (name, space)
     assert report["plot"] == "compare.png"  # matplotlib is a test dependency
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failing_method_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    import anti_i2v.methods as methods
+
+    def broken(*args, **kwargs):  # a stub standing in for a method that raises
+        raise RuntimeError("boom")
+
+    b = _bench()
+    monkeypatch.setattr(methods, "run_method", broken)
+    name = methods.METHOD_NAMES[0]
+    argv = ["--families", "wan21", "--methods", name, "--spaces", "own", "--size", "32", "--gen-steps", "1",
+            "--frames", "1", "--no-plot", "--no-faces"]
+    report = b.main(argv + ["--out", str(tmp_path)])
+    none, row = report["families"]["wan21"]["rows"]
+    assert none["error"] is None and none["video"]["latent_relative"] == 0
+    assert row["method"] == name and row["error"] == "RuntimeError: boom"
+    assert row["video"]["psnr_db"] is None and row["cost"]["s_per_iter"] is None
+    assert f"| {name} |" in (tmp_path / "compare.md").read_text() and "| error |" in (tmp_path / "compare.md").read_text()
+    with pytest.raises(RuntimeError, match="boom"):
+        b.main(argv + ["--strict", "--out", str(tmp_path)])
 
 
 def test_bad_arguments_exit(tmp_path):
