@@ -270,9 +270,8 @@ class EncoderLoss(LossTerm):
         return FeatureRequest(need_latent=True)
 
     def value(self, adv: Features, target: Features | None) -> Tensor:
-        if target is None:
-            raise ValueError("EncoderLoss needs the target pass (a target image)")
-        assert adv.latent is not None and target.latent is not None
+        if target is None or target.latent is None or adv.latent is None:
+            raise ValueError(f"{type(self).__name__} needs the target pass (a target image)")
         return _msq(adv.latent, target.latent)
 
 

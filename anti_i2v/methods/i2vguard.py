@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..losses import LossTerm, Objective, _check_weight, _msq
+from ..losses import EncoderLoss, LossTerm, Objective, _check_weight, _msq
 from ..surrogates.base import FeatureRequest, Features
 from .base import Method, _unknown, predict_x0
 
@@ -48,25 +48,12 @@ __all__ = ["I2VGuard", "I2VGuardSpatialLoss", "I2VGuardTemporalLoss", "I2VGuardD
 
 
 @dataclass(frozen=True)
-class I2VGuardSpatialLoss(LossTerm):
-    """Spatial attack: mean ``||E(x') - E(x_t)||^2`` on the VAE latent."""
+class I2VGuardSpatialLoss(EncoderLoss):
+    """Spatial attack: mean ``||E(x') - E(x_t)||^2`` on the VAE latent (the encoder attack of
+    :class:`~anti_i2v.losses.EncoderLoss`, under I2VGuard's name)."""
 
     weight: float = 1.0
     name: str = "i2vguard_spatial"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "weight", _check_weight(self.weight))
-
-    def request(self) -> FeatureRequest:
-        return FeatureRequest(need_latent=True)
-
-    def target_request(self) -> FeatureRequest:
-        return FeatureRequest(need_latent=True)
-
-    def value(self, adv: Features, target: Features | None) -> Tensor:
-        if target is None:
-            raise ValueError("I2VGuardSpatialLoss needs the target pass (a target image)")
-        return _msq(adv.latent, target.latent)
 
 
 @dataclass(frozen=True)

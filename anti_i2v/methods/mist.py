@@ -23,32 +23,23 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..losses import DiffusionLoss, LossTerm, Objective, _check_weight
-from ..surrogates.base import FeatureRequest, Features
+from ..losses import DiffusionLoss, EncoderLoss, Objective
+from ..surrogates.base import Features
 from .base import Method, _unknown
 
 __all__ = ["Mist", "MistTexturalLoss", "METHOD"]
 
 
 @dataclass(frozen=True)
-class MistTexturalLoss(LossTerm):
-    """Mist's textural loss: ``sum ||E(x_adv) - E(x_target)||^2`` over the latent's elements (per image)."""
+class MistTexturalLoss(EncoderLoss):
+    """Mist's textural loss: ``sum ||E(x_adv) - E(x_target)||^2`` over the latent's elements (per image); the
+    passes are PhotoGuard's encoder attack's (:class:`~anti_i2v.losses.EncoderLoss`), the reduction a sum."""
 
     weight: float = 1.0
     name: str = "mist_textural"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "weight", _check_weight(self.weight))
-
-    def request(self) -> FeatureRequest:
-        return FeatureRequest(need_latent=True)
-
-    def target_request(self) -> FeatureRequest:
-        return FeatureRequest(need_latent=True)
-
     def value(self, adv: Features, target: Features | None) -> Tensor:
-        if target is None or target.latent is None or adv.latent is None:
-            raise ValueError("MistTexturalLoss needs the target pass (a target image)")
+        super().value(adv, target)  # checks the passes
         diff = adv.latent.float() - target.latent.float()
         return diff.pow(2).sum() / diff.shape[0]
 
