@@ -506,3 +506,49 @@ def test_wan22_ti2v_model_unchanged_by_protect(comfy_server):
     assert {"5", "8", "9", "10"} <= protect["executed"]
     _assert_unchanged_model(srv, first, again, protect, loaders={"1", "2"}, resampled={"4", "13", "14", "15"},
                             clean_ids=("16", "17"), protected_ids=("12", "18"), min_change=0.5)
+
+
+# ---------------------------------------------------------------------------------------------- Layer PCA node
+def _pca_graph(models: dict, loader_inputs: dict, image: str, blocks: str) -> dict:
+    """The user's native models -> Load I2V Surrogate -> Layer PCA Maps -> SaveImage (+ the block names)."""
+    prompt = dict(models)
+    prompt.update({
+        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "5": {"class_type": "AntiI2V_LoadSurrogateI2V", "inputs": {
+            "family": "auto", "folder": "(none)", "dtype": "float32", "frames": 9, "gradient_checkpointing": False,
+            **loader_inputs}},
+        "6": {"class_type": "AntiI2V_LayerPCA", "inputs": {"surrogate": ["5", 0], "image": ["4", 0],
+                                                            "blocks": blocks, "seed": 0}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "pca_native"}},
+        "8": {"class_type": "PreviewAny", "inputs": {"source": ["6", 1]}},
+    })
+    return prompt
+
+
+@pytest.mark.parametrize("family", ["ltxv", "wan22"])
+def test_layer_pca_node_on_new_native_families(comfy_server, family):
+    """The Layer PCA node maps the blocks of the native LTX-Video and Wan 2.2 A14B surrogates in the real server:
+    one non-constant map per block, named after the family's own block list."""
+    srv = comfy_server
+    if family == "ltxv":
+        cm.write_tiny_ltxv_checkpoint(srv.models_dir / "checkpoints")
+        models = _ltxv_models()
+        loader = {"model": ["1", 0], "vae": ["1", 2], "positive": ["2", 0]}
+        names = [f"transformer_blocks.{i}" for i in range(2)]
+    else:
+        cm.write_tiny_wan22_i2v(srv.models_dir / "diffusion_models", seed=0)
+        cm.write_tiny_wan22_i2v(srv.models_dir / "diffusion_models", seed=5, name=cm.WAN22_LOW_FILE)
+        cm.write_tiny_wan_vae(srv.models_dir / "vae")
+        models = _wan22_models()
+        loader = {"model": ["1", 0], "model_2": ["19", 0], "vae": ["2", 0], "positive": ["3", 0]}
+        names = [f"blocks.{i}" for i in range(2)]
+    photo = _photo(srv, f"pca_{family}.png", seed=6)
+    entry = _run(srv, _pca_graph(models, loader, photo, "0-1"))["entry"]  # asserts success
+    saved = srv.output_files(entry, "7")
+    assert len(saved) == 2
+    for path in saved:
+        with Image.open(path) as im:
+            px = np.asarray(im)
+            assert px.max() > px.min()  # a PCA map, not a blank image
+    listing = entry["outputs"]["8"]["text"][0].splitlines()
+    assert len(listing) == 2 and all(n in line for n, line in zip(names, listing)), listing
