@@ -301,6 +301,23 @@ def _real_shape_report(rows: list[dict]) -> dict:
                      "tflop_per_iteration": round(flops / 1e12, 1),
                      "projected_minutes_per_photo_at_400_tflops": round(200 * flops / 400e12 / 60, 1)})
     out["projected_cogvideox_5b_480x720_bf16"] = proj
+    # Wan 2.1 I2V 14B at 480x832 (40 blocks of width 5120, ~0.35 B parameters each; CLIP ViT-H + VAE encoder +
+    # embeddings ~0.8 B), 81 frames (21 latent) or the low-VRAM 5 (2 latent), 1560 tokens per latent frame. The
+    # activation constant is CogVideoX's (Wan's feed-forward is narrower: 2.7x the width against 4x, so fewer).
+    wan = []
+    for name, early, ckpt, low in REAL_SHAPE_SETTINGS:
+        latent_frames = 2 if low else 21
+        tokens = latent_frames * 30 * 52
+        deepest = 26 if early else 39
+        est = lowvram.estimate(num_layers=40, hidden=5120, block_params=0.35e9, other_params=0.8e9, tokens=tokens,
+                               deepest=deepest, bytes_per_element=2, act_per_token_hidden=act, checkpointing=ckpt,
+                               offload_unused=low)
+        flops = _flops_per_iteration(hidden=5120, block_params=0.35e9, tokens=tokens, blocks_run=deepest + 1,
+                                     checkpointing=ckpt)
+        wan.append({"setting": name, "video_frames": (latent_frames - 1) * 4 + 1, **est.describe(),
+                    "tflop_per_iteration": round(flops / 1e12, 1),
+                    "projected_minutes_per_photo_at_400_tflops": round(200 * flops / 400e12 / 60, 1)})
+    out["projected_wan21_14b_480x832_bf16"] = wan
     out["projection_note"] = ("memory: the model calibrated on the real-width block above (weights + activations kept "
                               "for backward + one live block; VAE-encoder activations not included); time: FLOPs "
                               "at an assumed 400 TFLOP/s, not a measurement. Run --real-shape on a GPU to measure.")

@@ -176,6 +176,9 @@ def test_real_shape_report_calibrates_and_projects():
         proj["naive"]["tflop_per_iteration"]
     assert proj["low_vram"]["video_frames"] == 9 and proj["naive"]["video_frames"] == 49
     assert [c["s_per_iter_ratio_naive_over_this"] for c in rep["cpu_model_check"]] == [1.0, 1.6, 1.33, 2.0]
+    wan = {p["setting"]: p for p in rep["projected_wan21_14b_480x832_bf16"]}
+    assert wan["low_vram"]["total_gb"] < wan["early_exit+checkpointing"]["total_gb"] < wan["naive"]["total_gb"]
+    assert wan["low_vram"]["video_frames"] == 5 and wan["low_vram"]["blocks_run"] == 27
 
 
 def test_saved_bytes_counts_activations_not_weights():
