@@ -161,7 +161,7 @@ class NativeHunyuanVideoSurrogate(NativeSurrogate):
         width = int(dm.txt_in.input_embedder.weight.shape[1])
         self.text_cond, self.text_extra, self.text_source = _text_conditioning(
             positive, width, "the HunyuanVideo model", "LLaVA-LLaMA-3 (DualCLIPLoader type hunyuan_video)")
-        if "pooled_output" not in self.text_extra:
+        if self.text_extra.get("pooled_output") is None:  # what CLIP-L gives; ComfyUI's y needs one
             self.text_extra["pooled_output"] = torch.zeros(1, POOLED_WIDTH)
         self._taps = [_ImageTokens() for _ in dm.single_blocks]
         self._image_tokens = 0
