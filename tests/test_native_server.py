@@ -619,12 +619,21 @@ def _pca_graph(models: dict, loader_inputs: dict, image: str, blocks: str) -> di
     return prompt
 
 
-@pytest.mark.parametrize("family", ["ltxv", "wan22"])
+@pytest.mark.parametrize("family", ["ltxv", "wan22", "hunyuan"])
 def test_layer_pca_node_on_new_native_families(comfy_server, family):
-    """The Layer PCA node maps the blocks of the native LTX-Video and Wan 2.2 A14B surrogates in the real server:
-    one non-constant map per block, named after the family's own block list."""
+    """The Layer PCA node maps the blocks of the native LTX-Video, Wan 2.2 A14B and HunyuanVideo I2V surrogates in
+    the real server: one non-constant map per block, named after the family's own block list (HunyuanVideo: the
+    last double block and the first single block, one list)."""
     srv = comfy_server
-    if family == "ltxv":
+    blocks, size = "0-1", SIZE
+    if family == "hunyuan":
+        cm.write_tiny_hunyuan_video(srv.models_dir / "diffusion_models")
+        cm.install_hunyuan_vae(srv.models_dir)
+        models = _hunyuan_models()
+        loader = {"model": ["1", 0], "vae": ["2", 0], "positive": ["3", 0]}
+        names = ["double_blocks.1", "single_blocks.0"]
+        blocks, size = "1-2", HUNYUAN_SIZE
+    elif family == "ltxv":
         cm.write_tiny_ltxv_checkpoint(srv.models_dir / "checkpoints")
         models = _ltxv_models()
         loader = {"model": ["1", 0], "vae": ["1", 2], "positive": ["2", 0]}
@@ -636,8 +645,8 @@ def test_layer_pca_node_on_new_native_families(comfy_server, family):
         models = _wan22_models()
         loader = {"model": ["1", 0], "model_2": ["19", 0], "vae": ["2", 0], "positive": ["3", 0]}
         names = [f"blocks.{i}" for i in range(2)]
-    photo = _photo(srv, f"pca_{family}.png", seed=6)
-    entry = _run(srv, _pca_graph(models, loader, photo, "0-1"))["entry"]  # asserts success
+    photo = _photo(srv, f"pca_{family}.png", seed=6, size=size)
+    entry = _run(srv, _pca_graph(models, loader, photo, blocks))["entry"]  # asserts success
     saved = srv.output_files(entry, "7")
     assert len(saved) == 2
     for path in saved:
