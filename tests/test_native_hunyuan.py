@@ -81,6 +81,8 @@ def test_hunyuan_wrong_inputs_are_refused(native, hunyuan, tmp_path):
     wan_vae = cm.load_vae(cm.write_tiny_wan_vae(tmp_path))
     with pytest.raises(ValueError, match="vae: the connected VAE .* is not HunyuanVideo's"):
         native.native_surrogate(model=model, vae=wan_vae)
+    with pytest.raises(ValueError, match="clip_vision: the HunyuanVideo I2V surrogate does not use a CLIP_VISION"):
+        native.native_surrogate(model=model, vae=vae, clip_vision=cm.tiny_clip_vision())
     with pytest.raises(ValueError, match="guidance_type 'v2 \\(replace\\)'"):
         native.NativeHunyuanVideoSurrogate(model=model, vae=vae, guidance_type="v2 (replace)")
 

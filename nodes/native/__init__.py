@@ -82,7 +82,7 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
         ValueError: the model is not a supported I2V model, the family does not match it, or an input is missing.
     """
     if model is None:
-        raise ValueError("model: connect a ComfyUI MODEL (Wan 2.1 I2V, SVD or LTX-Video)")
+        raise ValueError("model: connect a ComfyUI MODEL (Wan 2.1 I2V, SVD, LTX-Video or HunyuanVideo I2V)")
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
@@ -125,5 +125,9 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
     if detected == "ltxv":
         return NativeLTXVSurrogate(positive=positive, **common)
     if detected == "hunyuan_i2v":
+        if clip_vision is not None:
+            raise ValueError("clip_vision: the HunyuanVideo I2V surrogate does not use a CLIP_VISION (the photo's "
+                             "llava_llama3_vision output only reaches the model through the text encoder, which "
+                             "the surrogate cannot attack; see the README); disconnect it")
         return NativeHunyuanVideoSurrogate(positive=positive, **common)
     return NativeSVDSurrogate(**common)
