@@ -97,7 +97,8 @@ class LoadSurrogateI2V(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Loads the image-to-video model the protection is optimised against (the surrogate). Connect "
-                "your ComfyUI Wan 2.1, Wan 2.2 A14B (both experts), SVD or LTX-Video models (model, vae, clip_vision, "
+                "your ComfyUI Wan 2.1, Wan 2.2 A14B (both experts), SVD, LTX-Video or HunyuanVideo I2V models (model, vae, "
+                "clip_vision, "
                 "positive, model_2) to reuse them, or pick a "
                 "diffusers-format folder (CogVideoX-5B-I2V, Wan 2.1 I2V, SVD), an Open-Sora 1.2 folder "
                 "(OpenSora-STDiT-v3 + OpenSora-VAE-v1.2 subfolders) or a DynamiCrafter folder converted with "
@@ -121,13 +122,14 @@ class LoadSurrogateI2V(io.ComfyNode):
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute denoiser blocks during backward: less memory, slower."),
                 io.Model.Input("model", optional=True,
-                               tooltip="Optional: your ComfyUI I2V model (Wan 2.1 I2V, Wan 2.2 A14B high-noise, SVD "
-                                       "or LTX-Video) to protect against."),
+                               tooltip="Optional: your ComfyUI I2V model (Wan 2.1 I2V, Wan 2.2 A14B high-noise, SVD, "
+                                       "LTX-Video or HunyuanVideo I2V) to protect against."),
                 io.Vae.Input("vae", optional=True, tooltip="Optional: the VAE that goes with 'model'."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="Optional: the CLIP vision model that goes with 'model' (Wan 2.1, SVD)."),
                 io.Conditioning.Input("positive", optional=True,
-                                      tooltip="Optional: text conditioning for 'model' (Wan, LTX-Video); zeros when "
+                                      tooltip="Optional: text conditioning for 'model' (Wan, LTX-Video, HunyuanVideo: "
+                                              "the TextEncodeHunyuanVideo_ImageToVideo output); zeros when "
                                               "absent."),
                 io.Model.Input("model_2", optional=True,
                                tooltip="Optional, Wan 2.2 A14B I2V: the low-noise expert ('model' is then the "

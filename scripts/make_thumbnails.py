@@ -41,6 +41,11 @@ WAN22_LOW = "wan2.2_i2v_low_noise_14B_fp16.safetensors"
 WAN22_5B = "wan2.2_ti2v_5B_fp16.safetensors"
 WAN22_VAE = "wan2.2_vae.safetensors"
 LTXV_TEXT = "t5xxl_fp16.safetensors"
+HUNYUAN_I2V = "hunyuan_video_image_to_video_720p_bf16.safetensors"
+HUNYUAN_VAE = "hunyuan_video_vae_bf16.safetensors"
+HUNYUAN_CLIP_L = "clip_l.safetensors"
+HUNYUAN_LLAVA = "llava_llama3_fp8_scaled.safetensors"
+HUNYUAN_VISION = "llava_llama3_vision.safetensors"
 
 #: placeholder model files (relative to models/) so the combo widgets list the names the presets use
 PLACEHOLDERS = [
@@ -55,6 +60,11 @@ PLACEHOLDERS = [
     f"diffusion_models/{WAN22_5B}",
     f"vae/{WAN22_VAE}",
     f"text_encoders/{LTXV_TEXT}",
+    f"diffusion_models/{HUNYUAN_I2V}",
+    f"vae/{HUNYUAN_VAE}",
+    f"text_encoders/{HUNYUAN_CLIP_L}",
+    f"text_encoders/{HUNYUAN_LLAVA}",
+    f"clip_vision/{HUNYUAN_VISION}",
     f"diffusers/{COGVIDEOX_FOLDER}/model_index.json",
 ]
 
@@ -384,6 +394,65 @@ def preset_ltxv() -> tuple[dict, dict, str]:
     return g, layout, note
 
 
+def preset_hunyuan() -> tuple[dict, dict, str]:
+    sampler = {"seed": 42, "steps": 20, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}
+    i2v = {"width": 848, "height": 480, "length": 53, "batch_size": 1, "guidance_type": "v1 (concat)"}
+    prompt = "a person looks at the camera and talks, natural head and hand motion"
+
+    def branch(prefix: str, image: list, ids: tuple[str, ...]) -> dict:
+        """The photo through the text encoder (CLIP vision -> LLaVA) and HunyuanImageToVideo, then sampling."""
+        cve, te, lat, k, d, sv = ids
+        return {
+            cve: _n("CLIPVisionEncode", f"CLIP vision ({prefix} photo)", clip_vision=["6", 0], image=image,
+                    crop="none"),
+            te: _n("TextEncodeHunyuanVideo_ImageToVideo", f"Text + image prompt ({prefix})", clip=["5", 0],
+                   clip_vision_output=[cve, 0], prompt=prompt, image_interleave=2),
+            lat: _n("HunyuanImageToVideo", f"HunyuanVideo I2V ({prefix})", positive=[te, 0], vae=["4", 0],
+                    start_image=image, **i2v),
+            # cfg 1: HunyuanVideo is guidance-distilled (its guidance embedding, 6 by default); negative unused
+            k: _n("KSampler", model=["2", 0], positive=[lat, 0], negative=[lat, 0], latent_image=[lat, 1], **sampler),
+            d: _n("VAEDecode", samples=[k, 0], vae=["4", 0]),
+            sv: _n("SaveAnimatedWEBP", f"Save hunyuan_{prefix} video", images=[d, 0],
+                   filename_prefix=f"anti_i2v/hunyuan_{prefix}", fps=24.0, lossless=False, quality=90,
+                   method="default"),
+        }
+
+    g = {
+        "1": _n("LoadImage", "Photo to protect", image="example.png"),
+        "2": _n("UNETLoader", unet_name=HUNYUAN_I2V, weight_dtype="default"),
+        "4": _n("VAELoader", vae_name=HUNYUAN_VAE),
+        "5": _n("DualCLIPLoader", clip_name1=HUNYUAN_CLIP_L, clip_name2=HUNYUAN_LLAVA, type="hunyuan_video",
+                device="default"),
+        "6": _n("CLIPVisionLoader", clip_name=HUNYUAN_VISION),
+        "8": _n("AntiI2V_LoadSurrogateI2V", family="auto", folder="(none)", dtype="bfloat16", frames=9,
+                gradient_checkpointing=False, model=["2", 0], vae=["4", 0], positive=["21", 0]),
+        "9": _dsp(),
+        "10": _n("AntiI2V_IRALoss", blocks="39", vae_layers="14,15", weight=1.0),
+        "11": _n("AntiI2V_IRCLoss", pairs="4:39", weight=1.0, losses=["10", 0]),
+        "12": _loop(["1", 0], ["8", 0], ["9", 0], ["11", 0]),
+        "13": _n("SaveImage", "Save protected photo", images=["12", 0], filename_prefix="anti_i2v/protected"),
+        **branch("protected", ["12", 0], ("14", "15", "16", "17", "18", "19")),
+        **branch("clean", ["1", 0], ("20", "21", "22", "23", "24", "25")),
+    }
+    layout = {"2": (20, 80), "4": (20, 220), "5": (20, 340), "6": (20, 520), "1": (20, 660),
+              "8": (400, 80), "9": (820, 80), "10": (820, 380), "11": (820, 620), "12": (1200, 80),
+              "13": (1620, 80), "14": (1620, 420), "15": (1960, 420), "16": (2380, 420), "17": (2720, 420),
+              "18": (3080, 420), "19": (3320, 420), "20": (1620, 1100), "21": (1960, 1100), "22": (2380, 1100),
+              "23": (2720, 1100), "24": (3080, 1100), "25": (3320, 1100)}
+    note = (
+        "## Protect a photo against your HunyuanVideo I2V model (Anti-I2V)\n\n"
+        "The surrogate is **your own** HunyuanVideo I2V (`hunyuan_video_image_to_video_720p_bf16.safetensors`, "
+        "`hunyuan_video_vae_bf16.safetensors`). Like **HunyuanImageToVideo** (`v1 (concat)`), it concatenates "
+        "the photo's latent and a mask to the noisy latent. Block indices run over the 20 double blocks then the "
+        "40 single blocks (39 = single block 19); 4 / 39 of the 60 match the paper's 3 / 27 of 42; VAE layers "
+        "14,15 are the last two encoder layers.\n\n"
+        "**Not attacked:** the photo also reaches the model through the text encoder (CLIP vision -> LLaVA). The "
+        "surrogate's `positive` is the clean photo's (bottom row's text encode); the 8B encoder is not in the loop.\n\n"
+        "Bottom row: video from the **clean** photo; row above: from the **protected** photo, same seed."
+    )
+    return g, layout, note
+
+
 def preset_batch() -> tuple[dict, dict, str]:
     g = {
         "1": _n("LoadImage", "Photo 1", image="example.png"),
@@ -456,6 +525,7 @@ PRESETS = {
     "protect_wan22_native": preset_wan22,
     "protect_wan22_ti2v_native": preset_wan22_ti2v,
     "protect_ltxv_native": preset_ltxv,
+    "protect_hunyuan_native": preset_hunyuan,
     "protect_batch": preset_batch,
     "compare_defenses_cogvideox": preset_compare,
 }
@@ -475,6 +545,9 @@ GROUPS = {
     "protect_wan22_ti2v_native": [("Protected photo -> Wan 2.2 TI2V video", ["14", "15", "16", "17"], "#3f5159"),
                                   ("Clean photo -> Wan 2.2 TI2V video (comparison)", ["18", "19", "20", "21"],
                                    "#593930")],
+    "protect_hunyuan_native": [("Protected photo -> HunyuanVideo", ["14", "15", "16", "17", "18", "19"], "#3f5159"),
+                               ("Clean photo -> HunyuanVideo (comparison)", ["20", "21", "22", "23", "24", "25"],
+                                "#593930")],
     "protect_ltxv_native": [("Protected photo -> LTX-Video", ["13", "14", "15", "16"], "#3f5159"),
                             ("Clean photo -> LTX-Video (comparison)", ["17", "18", "19", "20"], "#593930")],
 }

@@ -107,6 +107,12 @@ __all__ = [
     "install_wan22_vae",
     "CLIP_VISION_H_FILE",
     "install_clip_vision_h",
+    "HUNYUAN_I2V_FILE",
+    "HUNYUAN_T2V_FILE",
+    "HUNYUAN_VAE_FILE",
+    "write_tiny_hunyuan_video",
+    "cached_hunyuan_vae",
+    "install_hunyuan_vae",
 ]
 
 
@@ -612,6 +618,119 @@ def install_clip_vision_h(models_dir: str | Path, *, seed: int = 0, name: str = 
     """Put the cached random ViT-H at ``models_dir/clip_vision/name`` (hard link, else a copy)."""
     src = cached_clip_vision_h(seed=seed)
     dst = Path(models_dir) / "clip_vision" / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst
+
+
+# ---------------------------------------------------------------------------------------- HunyuanVideo I2V
+HUNYUAN_I2V_FILE = "hunyuan_video_image_to_video_720p_bf16.safetensors"
+HUNYUAN_T2V_FILE = "hunyuan_video_t2v_720p_bf16.safetensors"
+HUNYUAN_VAE_FILE = "hunyuan_video_vae_bf16.safetensors"
+#: bump when the recipe of :func:`cached_hunyuan_vae` changes (invalidates the cache)
+HUNYUAN_VAE_VERSION = 1
+
+#: ComfyUI's module names -> the released checkpoint's names (the inverse of
+#: ``supported_models.HunyuanVideo.process_unet_state_dict``; checked by a round trip in the writer)
+_HUNYUAN_TO_RELEASED = (
+    ("mlp.0.", "mlp.fc1."),
+    ("mlp.2.", "mlp.fc2."),
+    ("txt_in.t_embedder.in_layer.", "txt_in.t_embedder.mlp.0."),
+    ("txt_in.t_embedder.out_layer.", "txt_in.t_embedder.mlp.2."),
+    ("txt_in.c_embedder.in_layer.", "txt_in.c_embedder.linear_1."),
+    ("txt_in.c_embedder.out_layer.", "txt_in.c_embedder.linear_2."),
+    ("_in.in_layer.", "_in.mlp.0."),
+    ("_in.out_layer.", "_in.mlp.2."),
+    ("_mod.lin.", "_mod.linear."),
+    (".modulation.lin.", ".modulation.linear."),
+    ("_attn.qkv.", "_attn_qkv."),
+    ("_attn.proj.", "_attn_proj."),
+    ("_attn.norm.query_norm.scale", "_attn_q_norm.weight"),
+    ("_attn.norm.key_norm.scale", "_attn_k_norm.weight"),
+    (".norm.query_norm.scale", ".q_norm.weight"),
+    (".norm.key_norm.scale", ".k_norm.weight"),
+)
+
+
+def write_tiny_hunyuan_video(folder: str | Path, *, in_channels: int = 33, seed: int = 0,
+                             name: str = HUNYUAN_I2V_FILE) -> Path:
+    """Write a tiny HunyuanVideo diffusion model in the released checkpoint's key names (bf16 safetensors).
+
+    ``comfy.ldm.hunyuan_video.model.HunyuanVideo`` with hidden 128 (one 128-wide head: ComfyUI derives the heads
+    from ``hidden / 128`` and the rotary axes 16 + 56 + 56), 2 double and 2 single blocks, the real text widths
+    (LLaVA 4096, CLIP-L pooled 768) and guidance embedding. ``in_channels`` 33 is HunyuanVideo I2V (UNETLoader
+    builds ``HunyuanVideoI2V``), 16 text-to-video (``HunyuanVideo``), for the wrong-model error.
+    """
+    ensure_comfy_path()
+    import comfy.ops
+    import comfy.supported_models
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+
+    m = HunyuanVideo(image_model="hunyuan_video", in_channels=in_channels, out_channels=16, vec_in_dim=768,
+                     context_in_dim=4096, hidden_size=128, mlp_ratio=4.0, num_heads=1, depth=2,
+                     depth_single_blocks=2, axes_dim=[16, 56, 56], theta=256, patch_size=[1, 2, 2], qkv_bias=True,
+                     guidance_embed=True, byt5=False, meanflow=False, use_cond_type_embedding=False,
+                     vision_in_dim=None, operations=comfy.ops.disable_weight_init)
+    sd = random_state_dict(m, seed)
+    out = {}
+    for k, v in sd.items():
+        released = k
+        for a, b in _HUNYUAN_TO_RELEASED:
+            released = released.replace(a, b)
+        out[released] = v
+    back = comfy.supported_models.HunyuanVideo.process_unet_state_dict(None, dict(out))
+    if set(back) != set(sd):
+        raise AssertionError(f"HunyuanVideo key round trip failed: {sorted(set(back) ^ set(sd))[:6]}")
+    return _save(out, Path(folder) / name, torch.bfloat16)
+
+
+def _hunyuan_vae_meta() -> torch.nn.Module:
+    """HunyuanVideo's causal 3-D VAE as ``comfy.sd.VAE`` builds it (``ch`` 128 is fixed there)."""
+    ensure_comfy_path()
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    ddconfig = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
+                "conv3d": True, "time_compress": 4}
+    with torch.device("meta"):
+        return AutoencoderKL(ddconfig=ddconfig, embed_dim=16)
+
+
+def cached_hunyuan_vae(*, seed: int = 0) -> Path:
+    """A random-weight ``hunyuan_video_vae_bf16.safetensors`` (fp16) that VAELoader detects as HunyuanVideo's VAE,
+    written once per recipe and ComfyUI layout into ``.cache/anti_i2v_tests`` (never committed)."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    meta = _hunyuan_vae_meta()
+    h = hashlib.sha256(f"v{HUNYUAN_VAE_VERSION} seed{seed}".encode())
+    for k, v in meta.state_dict().items():
+        h.update(f"{k}:{tuple(v.shape)};".encode())
+    path = SVD_CACHE_DIR / f"hunyuan-vae-random-{h.hexdigest()[:12]}.safetensors"
+    if path.is_file():
+        return path
+    for old in SVD_CACHE_DIR.glob("hunyuan-vae-random-*.safetensors"):
+        old.unlink(missing_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: _uniform_fp16(v.shape, k, g) for k, v in meta.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    save_file(sd, str(tmp))
+    del sd
+    os.replace(tmp, path)
+    return path
+
+
+def install_hunyuan_vae(models_dir: str | Path, *, seed: int = 0, name: str = HUNYUAN_VAE_FILE) -> Path:
+    """Put the cached random HunyuanVideo VAE at ``models_dir/vae/name`` (hard link, else a copy)."""
+    src = cached_hunyuan_vae(seed=seed)
+    dst = Path(models_dir) / "vae" / name
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists() or dst.is_symlink():
         dst.unlink()

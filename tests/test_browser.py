@@ -13,6 +13,9 @@ random-weight models under the file names the presets use:
   TI2V-5B and a random real-size Wan 2.2 VAE (ComfyUI fixes its width; its preset runs at 32x32);
 * ``models/checkpoints/ltx-video-2b-v0.9.5.safetensors``: a tiny LTX-Video checkpoint in the real layout
   (``tests/comfy_models.py``), loaded by the preset's own CheckpointLoaderSimple;
+* ``models/diffusion_models/hunyuan_video_image_to_video_720p_bf16.safetensors`` and
+  ``models/vae/hunyuan_video_vae_bf16.safetensors``: a tiny HunyuanVideo I2V in the released key names and a
+  random real-size HunyuanVideo VAE (ComfyUI fixes its width; its preset runs at 32x32);
 * ``models/checkpoints/svd.safetensors``: a random-weight SVD checkpoint (``tests/comfy_models.py``: the
   smallest U-Net ComfyUI still detects as ``SVD_img2vid``, the SD temporal VAE and a ViT-H vision tower),
   loaded by the preset's own ImageOnlyCheckpointLoader.
@@ -28,6 +31,9 @@ What the run changes in the converted prompt, on purpose (the graph itself runs 
 
 * CLIPLoader + CLIPTextEncode become ``AntiI2VTest_ZeroConditioning`` (width 4096; with an all-ones attention
   mask in the LTX-Video preset, as T5 gives): the umT5-XXL / T5-XXL text encoders cannot be made tiny;
+* in the HunyuanVideo preset, DualCLIPLoader + CLIPVisionLoader + CLIPVisionEncode +
+  TextEncodeHunyuanVideo_ImageToVideo become one ``AntiI2VTest_ZeroConditioning`` (width 4096, a zero 768-wide
+  pooled output): the LLaVA-LLaMA-3 8B encoder and its vision tower cannot be made tiny;
 * sizes, frame counts and step counts go down to seconds on CPU (64x64 pixels, 2 steps, 5 attacked frames;
   ProtectLoop's ``loop_from_method`` is turned off so the comparison preset's loops also run 2 steps);
 * for the CogVideoX presets, dtype float32 and layer indices the 2-block tiny models have (instead of 27 ...);
@@ -55,7 +61,8 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
 PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_wan22_native",
-           "protect_wan22_ti2v_native", "protect_ltxv_native", "protect_batch", "compare_defenses_cogvideox"]
+           "protect_wan22_ti2v_native", "protect_ltxv_native", "protect_hunyuan_native", "protect_batch",
+           "compare_defenses_cogvideox"]
 EXTENSION = "AntiI2V.LossChart"
 ACTION = "Anti-I2V: protect this image"
 TEMPLATE = "image_to_video_wan"  # ComfyUI's official Wan 2.1 I2V template (comfyui-workflow-templates)
@@ -111,11 +118,16 @@ def _tiny(prompt: dict, *, shipped_layers: bool = False) -> dict:
     """
     out = {}
     ltxv = any(n["class_type"] == "LTXVImgToVideo" for n in prompt.values())
+    hunyuan = any(n["class_type"] == "HunyuanImageToVideo" for n in prompt.values())
     for nid, node in prompt.items():
         node = json.loads(json.dumps(node))
         ct, inp = node["class_type"], node["inputs"]
-        if ct == "CLIPLoader":
+        if ct in ("CLIPLoader", "DualCLIPLoader"):
             continue
+        if ct in ("CLIPVisionLoader", "CLIPVisionEncode") and hunyuan:  # LLaVA's vision tower: text encoder only
+            continue
+        if ct == "TextEncodeHunyuanVideo_ImageToVideo":  # LLaVA tokens + CLIP-L's pooled output
+            node = {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 8, "pooled": 768}}
         if ct == "CLIPTextEncode":  # T5 for LTX-Video gives an attention mask, which its model requires
             node = {"class_type": "AntiI2VTest_ZeroConditioning",
                     "inputs": {"width": 4096, "tokens": 8, **({"attention_mask": True} if ltxv else {})}}
@@ -139,6 +151,8 @@ def _tiny(prompt: dict, *, shipped_layers: bool = False) -> dict:
             inp.update(width=64, height=64, length=5)
         elif ct == "LTXVImgToVideo":
             inp.update(width=64, height=64, length=9)
+        elif ct == "HunyuanImageToVideo":  # the real-size HunyuanVideo VAE
+            inp.update(width=32, height=32, length=5)
         elif ct == "Wan22ImageToVideoLatent":  # the real-size Wan 2.2 VAE decodes in seconds at 32x32
             inp.update(width=32, height=32, length=5)
         elif ct == "SVD_img2vid_Conditioning":
@@ -175,6 +189,8 @@ def stack(tmp_path_factory):
     comfy_models.write_tiny_wan_vae(server.models_dir / "vae")
     comfy_models.install_svd_checkpoint(server.models_dir)  # 1.9 GB, written once into .cache/anti_i2v_tests
     comfy_models.write_tiny_ltxv_checkpoint(server.models_dir / "checkpoints")
+    comfy_models.write_tiny_hunyuan_video(server.models_dir / "diffusion_models")
+    comfy_models.install_hunyuan_vae(server.models_dir)  # 0.5 GB, written once into .cache/anti_i2v_tests
     comfy_models.write_tiny_wan22_ti2v(server.models_dir / "diffusion_models")
     comfy_models.install_wan22_vae(server.models_dir)  # 1.4 GB, written once into .cache/anti_i2v_tests
     comfy_models.write_tiny_wan22_i2v(server.models_dir / "diffusion_models", seed=0)
@@ -280,7 +296,7 @@ def test_preset_loads_converts_and_runs(stack, name):
     assert entry["status"]["status_str"] == "success"
     saved = [p for nid, out in entry["outputs"].items() for p in server.output_files(entry, nid)]
     assert saved and all(p.is_file() and p.stat().st_size > 0 for p in saved), f"{name}: no output files"
-    if "wan2" in name or "svd" in name or "ltxv" in name:  # clean and protected videos both rendered
+    if "wan2" in name or "svd" in name or "ltxv" in name or "hunyuan" in name:  # clean and protected videos
         webps = [p for p in saved if p.suffix == ".webp"]
         assert len(webps) == 2, f"{name}: expected 2 videos, got {webps}"
 

@@ -6,6 +6,10 @@
 * LTX-Video: CheckpointLoaderSimple loads a tiny ``ltx-video-2b-v0.9.5.safetensors`` in the real layout
   (``comfy_models.write_tiny_ltxv_checkpoint``); a zero T5 conditioning with its attention mask goes through the
   real LTXVConditioning and LTXVImgToVideo. A Wan text-to-video MODEL connected instead is refused by name.
+* HunyuanVideo I2V: UNETLoader loads a tiny ``hunyuan_video_image_to_video_720p_bf16.safetensors`` in the
+  released key names, VAELoader a random real-size ``hunyuan_video_vae_bf16.safetensors`` (cached); a zero LLaVA
+  conditioning with a zero CLIP-L pooled output goes through the real HunyuanImageToVideo (v1 concat). A
+  HunyuanVideo text-to-video MODEL connected instead is refused by name.
 * Wan 2.2 A14B I2V: two UNETLoaders load tiny high- and low-noise experts under the real file names; the graph
   chains them with two KSamplerAdvanced as ComfyUI's Wan 2.2 graphs do, and the surrogate gets both (``model``,
   ``model_2``); sampling before and after is bit-identical for the two-expert chain.
@@ -43,9 +47,9 @@ _MISSING_WARNINGS = ("unet missing", "missing clip vision", "Missing VAE keys", 
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _photo(srv, name: str, seed: int = 0) -> str:
+def _photo(srv, name: str, seed: int = 0, size: int = SIZE) -> str:
     g = torch.Generator().manual_seed(seed)
-    photo = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(SIZE, SIZE), mode="bilinear")
+    photo = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(size, size), mode="bilinear")
     Image.fromarray((photo[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(srv.input_dir / name)
     return name
 
@@ -360,6 +364,96 @@ def test_ltxv_surrogate_refuses_a_wrong_model(comfy_server):
     assert "16 input channels" in msg and "not image-to-video" in msg and "LTX-Video" in msg, msg
 
 
+# ---------------------------------------------------------------------------------------------- HunyuanVideo I2V
+#: photo and video size: the real-size HunyuanVideo VAE encodes and decodes 4x faster at 32x32 than at 64x64
+HUNYUAN_SIZE = 32
+
+
+def _hunyuan_models() -> dict:
+    """UNETLoader (tiny HunyuanVideo I2V, released key names) + VAELoader (random real-size HunyuanVideo VAE) + a
+    zero LLaVA conditioning (4096 wide) with CLIP-L's zero pooled output (768)."""
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": cm.HUNYUAN_I2V_FILE, "weight_dtype": "default"}},
+        "2": {"class_type": "VAELoader", "inputs": {"vae_name": cm.HUNYUAN_VAE_FILE}},
+        "3": {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 16, "pooled": 768}},
+    }
+
+
+def _hunyuan_video(prefix: str, image_ref: list, ids: tuple[str, ...]) -> dict:
+    """HunyuanImageToVideo (v1 concat) -> KSampler -> VAEDecode -> lossless WebP + latent, on ``image_ref``."""
+    i2v, ks, dec, save, keep = ids
+    out = {
+        i2v: {"class_type": "HunyuanImageToVideo", "inputs": {
+            "positive": ["3", 0], "vae": ["2", 0], "width": HUNYUAN_SIZE, "height": HUNYUAN_SIZE, "length": LENGTH,
+            "batch_size": 1, "guidance_type": "v1 (concat)", "start_image": image_ref}},
+        ks: {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 11, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+            "positive": [i2v, 0], "negative": [i2v, 0], "latent_image": [i2v, 1], "denoise": 1.0}},
+        dec: {"class_type": "VAEDecode", "inputs": {"samples": [ks, 0], "vae": ["2", 0]}},
+    }
+    out.update(_outputs(prefix, [dec, 0], [ks, 0], (save, keep)))
+    return out
+
+
+def _hunyuan_clean(image: str) -> dict:
+    prompt = _hunyuan_models()
+    prompt["4"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    prompt.update(_hunyuan_video("hunyuan_clean", ["4", 0], ("13", "14", "15", "16", "17")))
+    return prompt
+
+
+def _hunyuan_protect(image: str, *, surrogate_model: list | None = None) -> dict:
+    prompt = _hunyuan_models()
+    prompt.update({
+        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "5": {"class_type": "AntiI2V_LoadSurrogateI2V", "inputs": {
+            "family": "auto", "folder": "(none)", "dtype": "float32", "frames": LENGTH,
+            "gradient_checkpointing": False, "model": surrogate_model or ["1", 0], "vae": ["2", 0],
+            "positive": ["3", 0]}},
+        "6": {"class_type": "AntiI2V_DSPPerturb", "inputs": {
+            "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
+        "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "3", "vae_layers": "15", "weight": 1.0}},
+        "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
+            "steps": 2, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
+    })
+    prompt.update(_hunyuan_video("hunyuan_protected", ["8", 0], ("9", "10", "11", "12", "18")))
+    return prompt
+
+
+def test_hunyuan_model_unchanged_by_protect(comfy_server):
+    srv = comfy_server
+    cm.write_tiny_hunyuan_video(srv.models_dir / "diffusion_models")
+    cm.install_hunyuan_vae(srv.models_dir)  # 0.5 GB, written once into .cache/anti_i2v_tests
+    photo = _photo(srv, "hunyuan_unchanged.png", seed=4, size=HUNYUAN_SIZE)
+
+    first = _run(srv, _hunyuan_clean(photo))
+    protect = _run(srv, _hunyuan_protect(photo))
+    again = _run(srv, _hunyuan_clean(_byte_copy(srv, photo, "hunyuan_unchanged_copy.png")))
+
+    assert {"5", "8", "9", "10"} <= protect["executed"]
+    _assert_unchanged_model(srv, first, again, protect, loaders={"1", "2"}, resampled={"4", "13", "14", "15"},
+                            clean_ids=("16", "17"), protected_ids=("12", "18"), min_change=0.5)
+
+
+def test_hunyuan_surrogate_refuses_a_wrong_model(comfy_server):
+    """A HunyuanVideo *text*-to-video MODEL (16 input channels) in the I2V graph: refused by name."""
+    srv = comfy_server
+    cm.write_tiny_hunyuan_video(srv.models_dir / "diffusion_models")
+    cm.write_tiny_hunyuan_video(srv.models_dir / "diffusion_models", in_channels=16, name=cm.HUNYUAN_T2V_FILE)
+    cm.install_hunyuan_vae(srv.models_dir)
+    photo = _photo(srv, "hunyuan_wrong.png", seed=5, size=HUNYUAN_SIZE)
+    prompt = _hunyuan_protect(photo, surrogate_model=["20", 0])
+    prompt["20"] = {"class_type": "UNETLoader", "inputs": {"unet_name": cm.HUNYUAN_T2V_FILE,
+                                                           "weight_dtype": "default"}}
+    entry = srv.wait(srv.post_prompt(prompt), timeout=300)
+    assert entry["status"]["status_str"] == "error"
+    err = srv.error_of(entry)
+    assert err["node_type"] == "AntiI2V_LoadSurrogateI2V", err
+    msg = err["exception_message"]
+    assert "HunyuanVideo (16 input channels)" in msg and "text-to-video" in msg and "33" in msg, msg
+
+
 # ---------------------------------------------------------------------------------------------- Wan 2.2 A14B
 def _wan22_models() -> dict:
     return {
@@ -525,12 +619,21 @@ def _pca_graph(models: dict, loader_inputs: dict, image: str, blocks: str) -> di
     return prompt
 
 
-@pytest.mark.parametrize("family", ["ltxv", "wan22"])
+@pytest.mark.parametrize("family", ["ltxv", "wan22", "hunyuan"])
 def test_layer_pca_node_on_new_native_families(comfy_server, family):
-    """The Layer PCA node maps the blocks of the native LTX-Video and Wan 2.2 A14B surrogates in the real server:
-    one non-constant map per block, named after the family's own block list."""
+    """The Layer PCA node maps the blocks of the native LTX-Video, Wan 2.2 A14B and HunyuanVideo I2V surrogates in
+    the real server: one non-constant map per block, named after the family's own block list (HunyuanVideo: the
+    last double block and the first single block, one list)."""
     srv = comfy_server
-    if family == "ltxv":
+    blocks, size = "0-1", SIZE
+    if family == "hunyuan":
+        cm.write_tiny_hunyuan_video(srv.models_dir / "diffusion_models")
+        cm.install_hunyuan_vae(srv.models_dir)
+        models = _hunyuan_models()
+        loader = {"model": ["1", 0], "vae": ["2", 0], "positive": ["3", 0]}
+        names = ["double_blocks.1", "single_blocks.0"]
+        blocks, size = "1-2", HUNYUAN_SIZE
+    elif family == "ltxv":
         cm.write_tiny_ltxv_checkpoint(srv.models_dir / "checkpoints")
         models = _ltxv_models()
         loader = {"model": ["1", 0], "vae": ["1", 2], "positive": ["2", 0]}
@@ -542,8 +645,8 @@ def test_layer_pca_node_on_new_native_families(comfy_server, family):
         models = _wan22_models()
         loader = {"model": ["1", 0], "model_2": ["19", 0], "vae": ["2", 0], "positive": ["3", 0]}
         names = [f"blocks.{i}" for i in range(2)]
-    photo = _photo(srv, f"pca_{family}.png", seed=6)
-    entry = _run(srv, _pca_graph(models, loader, photo, "0-1"))["entry"]  # asserts success
+    photo = _photo(srv, f"pca_{family}.png", seed=6, size=size)
+    entry = _run(srv, _pca_graph(models, loader, photo, blocks))["entry"]  # asserts success
     saved = srv.output_files(entry, "7")
     assert len(saved) == 2
     for path in saved:

@@ -23,7 +23,8 @@ WORKFLOWS = ROOT / "workflows"
 DOCS = ROOT / "js" / "docs"
 COMFY_DIR = ROOT / ".cache" / "comfyui"
 PRESETS = ["protect_cogvideox_preview", "protect_wan21_native", "protect_svd_native", "protect_wan22_native",
-           "protect_wan22_ti2v_native", "protect_ltxv_native", "protect_batch", "compare_defenses_cogvideox"]
+           "protect_wan22_ti2v_native", "protect_ltxv_native", "protect_hunyuan_native", "protect_batch",
+           "compare_defenses_cogvideox"]
 
 #: core ComfyUI 0.3.75 node types the presets may use (checked against ComfyUI's sources below)
 CORE_NODES = {
@@ -31,7 +32,8 @@ CORE_NODES = {
     "CLIPLoader", "CLIPTextEncode", "CLIPVisionLoader", "CLIPVisionEncode", "ModelSamplingSD3",
     "WanImageToVideo", "KSampler", "VAEDecode", "SaveAnimatedWEBP", "ImageOnlyCheckpointLoader",
     "VideoLinearCFGGuidance", "SVD_img2vid_Conditioning", "CheckpointLoaderSimple", "LTXVConditioning",
-    "LTXVImgToVideo", "KSamplerAdvanced", "Wan22ImageToVideoLatent",
+    "LTXVImgToVideo", "KSamplerAdvanced", "Wan22ImageToVideoLatent", "DualCLIPLoader", "HunyuanImageToVideo",
+    "TextEncodeHunyuanVideo_ImageToVideo",
 }
 #: frontend-only (virtual) nodes: never sent to the server
 FRONTEND_NODES = {"MarkdownNote", "Note"}
@@ -202,7 +204,7 @@ def test_frontend_extension_is_safe_and_wired():
     assert '"AntiI2V_ProtectLoop"' in src and "app.registerExtension" in src
 
 
-@pytest.mark.parametrize("name", ["protect_wan21_native", "protect_svd_native"])
+@pytest.mark.parametrize("name", ["protect_wan21_native", "protect_svd_native", "protect_hunyuan_native"])
 def test_comparison_videos_share_a_fixed_seed(name):
     """Clean and protected videos come from the same sampler settings and a fixed seed, so they are comparable."""
     samplers = [n for n in _load(name)["nodes"] if n["type"] == "KSampler"]
@@ -228,3 +230,29 @@ def test_wan_preset_feeds_the_protected_photo_to_clip_vision():
     cve = nodes[reads(protected[0], "clip_vision_output")]
     assert cve["type"] == "CLIPVisionEncode" and reads(cve, "image") == loop
     assert cve["widgets_values"] == ["none"]  # ComfyUI's Wan 2.1 I2V template's crop
+
+
+def test_hunyuan_preset_branches_encode_their_own_photo():
+    """HunyuanVideo I2V: each branch's CLIPVisionEncode, text encode and HunyuanImageToVideo read that branch's
+    photo (the protect node's output or the clean photo); the surrogate gets the clean branch's text encode (the
+    text encoder's image tokens of the clean photo, which the surrogate cannot attack) and v1 (concat)."""
+    wf = _load("protect_hunyuan_native")
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    src = {(l[3], l[4]): l[1] for l in wf["links"]}
+
+    def reads(node, name):
+        slot = next(i for i, x in enumerate(node["inputs"]) if x["name"] == name)
+        return src.get((node["id"], slot))
+
+    loop = next(i for i, n in nodes.items() if n["type"] == "AntiI2V_ProtectLoop")
+    photo = next(i for i, n in nodes.items() if n["type"] == "LoadImage")
+    i2v = [n for n in nodes.values() if n["type"] == "HunyuanImageToVideo"]
+    assert sorted(reads(n, "start_image") for n in i2v) == sorted([loop, photo])
+    for n in i2v:
+        assert "v1 (concat)" in n["widgets_values"]
+        te = nodes[reads(n, "positive")]
+        assert te["type"] == "TextEncodeHunyuanVideo_ImageToVideo"
+        assert reads(nodes[reads(te, "clip_vision_output")], "image") == reads(n, "start_image")
+    surrogate = next(n for n in nodes.values() if n["type"] == "AntiI2V_LoadSurrogateI2V")
+    clean_te = nodes[reads(surrogate, "positive")]
+    assert reads(nodes[reads(clean_te, "clip_vision_output")], "image") == photo

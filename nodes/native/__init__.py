@@ -7,7 +7,9 @@
 * :mod:`.wan22` - Wan 2.2 A14B I2V, both experts (high and low noise) in one run, and Wan 2.2 TI2V-5B
   (``Wan22ImageToVideoLatent``: first latent frame replaced, per-frame timestep);
 * :mod:`.first_frame` - the first-latent-frame conditioning shared by Wan 2.2 TI2V-5B and LTX-Video;
-* :mod:`.ltxv` - LTX-Video (``LTXVImgToVideo``: first latent frame replaced, per-token timestep).
+* :mod:`.ltxv` - LTX-Video (``LTXVImgToVideo``: first latent frame replaced, per-token timestep);
+* :mod:`.hunyuan` - HunyuanVideo I2V (``HunyuanImageToVideo`` v1 concat; the photo's tokens in the text
+  encoder's output are not attacked, see the module).
 
 :func:`native_surrogate` (below) is the entry point of ``AntiI2V_LoadSurrogateI2V``. The package imports
 ComfyUI lazily and uses only relative imports between its own modules, so it can be loaded by path in tests.
@@ -24,6 +26,7 @@ from anti_i2v.surrogates.base import Surrogate
 from .base import (
     _DTYPES, CLIP_VISION_CROPS, NATIVE_FAMILIES, NativeSurrogate, _describe_model, detect_native_family,
 )
+from .hunyuan import NativeHunyuanVideoSurrogate
 from .ltxv import NativeLTXVSurrogate
 from .svd import NativeSVDSurrogate
 from .wan21 import NativeWan21Surrogate
@@ -38,6 +41,7 @@ __all__ = [
     "NativeWan22TI2VSurrogate",
     "NativeSVDSurrogate",
     "NativeLTXVSurrogate",
+    "NativeHunyuanVideoSurrogate",
     "detect_native_family",
     "native_surrogate",
 ]
@@ -51,10 +55,11 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
 
     Args:
         model: ComfyUI ``MODEL`` (Wan 2.1/2.2-14B I2V from UNETLoader, SVD from ImageOnlyCheckpointLoader,
-            LTX-Video from CheckpointLoaderSimple).
+            LTX-Video from CheckpointLoaderSimple, HunyuanVideo I2V from UNETLoader).
         vae: ComfyUI ``VAE`` of that model.
         clip_vision: ComfyUI ``CLIP_VISION`` (SVD: required; Wan 2.1: optional, adds the image tokens).
-        positive: ComfyUI ``CONDITIONING`` with the text embedding (Wan, LTX-Video); zeros when None.
+        positive: ComfyUI ``CONDITIONING`` with the text embedding (Wan, LTX-Video, HunyuanVideo: the output of
+            TextEncodeHunyuanVideo_ImageToVideo, computed from the clean photo); zeros when None.
         family: ``"auto"`` (detect) or one of :data:`NATIVE_FAMILIES`; other values (e.g. ``"cogvideox"``) only load
             from a diffusers folder and raise ValueError here.
         frames: pixel frames of the attacked video (Wan: WanImageToVideo ``length``; SVD: ``video_frames``;
@@ -71,13 +76,13 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
 
     Returns:
         A :class:`NativeWan21Surrogate`, :class:`NativeWan22MoESurrogate`, :class:`NativeWan22TI2VSurrogate`,
-        :class:`NativeSVDSurrogate` or :class:`NativeLTXVSurrogate`.
+        :class:`NativeSVDSurrogate`, :class:`NativeLTXVSurrogate` or :class:`NativeHunyuanVideoSurrogate`.
 
     Raises:
         ValueError: the model is not a supported I2V model, the family does not match it, or an input is missing.
     """
     if model is None:
-        raise ValueError("model: connect a ComfyUI MODEL (Wan 2.1 I2V, SVD or LTX-Video)")
+        raise ValueError("model: connect a ComfyUI MODEL (Wan 2.1 I2V, SVD, LTX-Video or HunyuanVideo I2V)")
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
@@ -119,4 +124,10 @@ def native_surrogate(*, model: Any, vae: Any, clip_vision: Any = None, positive:
         return NativeWan22TI2VSurrogate(positive=positive, **common)
     if detected == "ltxv":
         return NativeLTXVSurrogate(positive=positive, **common)
+    if detected == "hunyuan_i2v":
+        if clip_vision is not None:
+            raise ValueError("clip_vision: the HunyuanVideo I2V surrogate does not use a CLIP_VISION (the photo's "
+                             "llava_llama3_vision output only reaches the model through the text encoder, which "
+                             "the surrogate cannot attack; see the README); disconnect it")
+        return NativeHunyuanVideoSurrogate(positive=positive, **common)
     return NativeSVDSurrogate(**common)

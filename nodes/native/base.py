@@ -94,7 +94,7 @@ __all__ = [
 log = logging.getLogger("anti_i2v.native")
 
 #: families a native surrogate can be built for
-NATIVE_FAMILIES = ("wan21", "wan22", "wan22_ti2v", "svd", "ltxv")
+NATIVE_FAMILIES = ("wan21", "wan22", "wan22_ti2v", "svd", "ltxv", "hunyuan_i2v")
 #: CLIPVisionEncode's crop choices: "none" squashes the whole photo to the CLIP size, "center" crops its centre
 CLIP_VISION_CROPS = ("none", "center")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -251,23 +251,30 @@ def _describe_model(model: Any) -> str:
     emb = getattr(dm, "patch_embedding", None)
     if name == "WAN21" and emb is not None:
         return f"{name} ({emb.weight.shape[1]} input channels)"
+    img_in = getattr(getattr(dm, "img_in", None), "proj", None)
+    if name.startswith("HunyuanVideo") and img_in is not None:
+        return f"{name} ({img_in.weight.shape[1]} input channels)"
     return name
 
 
 def detect_native_family(model: Any) -> str:
-    """The family (``"wan21"``, ``"wan22_ti2v"``, ``"svd"`` or ``"ltxv"``) of a ComfyUI ``MODEL``, or ValueError.
+    """The family (``"wan21"``, ``"wan22_ti2v"``, ``"svd"``, ``"ltxv"`` or ``"hunyuan_i2v"``) of a ComfyUI ``MODEL``,
+    or ValueError.
 
     Wan: ``comfy.model_base.WAN21`` itself (not its VACE/camera/S2V/2.2-5B subclasses) whose patch embedding
     takes 36 channels (16 noise + 4 mask + 16 image latent), i.e. Wan 2.1 I2V (with CLIP image tokens) and
     Wan 2.2 14B I2V. Wan 2.2 TI2V-5B: ``comfy.model_base.WAN22``. SVD: ``comfy.model_base.SVD_img2vid``.
     LTX-Video: ``comfy.model_base.LTXV`` (every LTXV model takes an image through ``LTXVImgToVideo``).
+    HunyuanVideo I2V: ``comfy.model_base.HunyuanVideoI2V`` (``img_in`` takes 33 channels: 16 noise + 16 image
+    latent + 1 mask); HunyuanVideo text-to-video and SkyReels I2V (32 channels) are refused by name.
     """
     comfy = _comfy()
     inner = getattr(model, "model", None)
     mb = comfy.model_base
     supported = ("Wan 2.1 I2V / Wan 2.2 14B I2V (WAN21 with 36 input channels, from UNETLoader), Wan 2.2 "
                  "TI2V-5B (WAN22, from UNETLoader), SVD (SVD_img2vid, from ImageOnlyCheckpointLoader) or LTX-Video "
-                 "(LTXV, from CheckpointLoaderSimple)")
+                 "(LTXV, from CheckpointLoaderSimple) or HunyuanVideo I2V (HunyuanVideoI2V, 33 input channels, "
+                 "from UNETLoader)")
     if inner is None:
         raise ValueError(f"model: expected a ComfyUI MODEL, got {type(model).__name__}; supported: {supported}")
     if type(inner) is mb.WAN21:
@@ -286,6 +293,12 @@ def detect_native_family(model: Any) -> str:
         return "svd"
     if type(inner) is mb.LTXV:
         return "ltxv"
+    if type(inner) is mb.HunyuanVideoI2V:
+        return "hunyuan_i2v"
+    if isinstance(inner, mb.HunyuanVideo) and type(inner) is not mb.HunyuanVideo15:
+        raise ValueError(f"model: the connected model is {_describe_model(model)}: HunyuanVideo text-to-video or "
+                         f"SkyReels I2V (32 input channels), not HunyuanVideo I2V (33: image latent + mask, "
+                         f"hunyuan_video_image_to_video_720p_bf16.safetensors); supported: {supported}")
     raise ValueError(f"model: the connected model is {_describe_model(model)}, not an image-to-video model "
                      f"this pack supports natively; supported: {supported}")
 

@@ -28,13 +28,16 @@ class ZeroConditioning(io.ComfyNode):
                 io.Int.Input("tokens", default=16, min=1, max=1024, tooltip="Number of text tokens."),
                 io.Boolean.Input("attention_mask", default=False, optional=True,
                                  tooltip="Add an all-ones attention_mask (T5 encoders give one; LTX-Video needs it)."),
+                io.Int.Input("pooled", default=0, min=0, max=65536, optional=True,
+                             tooltip="Width of a zero pooled_output (768: CLIP-L's, which HunyuanVideo needs); "
+                                     "0: None."),
             ],
             outputs=[io.Conditioning.Output(display_name="conditioning")],
         )
 
     @classmethod
-    def execute(cls, width: int, tokens: int, attention_mask: bool = False) -> io.NodeOutput:
-        extra = {"pooled_output": None}
+    def execute(cls, width: int, tokens: int, attention_mask: bool = False, pooled: int = 0) -> io.NodeOutput:
+        extra = {"pooled_output": torch.zeros(1, pooled) if pooled else None}
         if attention_mask:
             extra["attention_mask"] = torch.ones(1, tokens, dtype=torch.long)
         return io.NodeOutput([[torch.zeros(1, tokens, width), extra]])
