@@ -390,6 +390,55 @@ def svd_checkpoint_state_dict(*, seed: int = 0, meta: bool = False) -> dict[str,
     return sd
 
 
+def _save_atomic(sd: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> Path:
+    """``save_file`` to a temporary file renamed into place (parallel writers never share a temp file)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    save_file(sd, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def _cache_path(prefix: str, tag: str) -> Path:
+    """``.cache/anti_i2v_tests/<prefix>-<tag>.safetensors``; other tags of ``prefix`` (stale recipes) are removed
+    when this one is not there yet. ``.cache/`` is git-ignored: the weights are never committed."""
+    path = SVD_CACHE_DIR / f"{prefix}-{tag}.safetensors"
+    if not path.is_file():
+        for old in SVD_CACHE_DIR.glob(f"{prefix}-*.safetensors"):
+            old.unlink(missing_ok=True)
+    return path
+
+
+def _cached_random_module(meta: torch.nn.Module, prefix: str, version: int, seed: int) -> Path:
+    """Random fp16 weights for every tensor of ``meta`` (a module on the meta device), written once per recipe,
+    seed and key layout (the file name carries a hash of all three)."""
+    import hashlib
+
+    h = hashlib.sha256(f"v{version} seed{seed}".encode())
+    for k, v in meta.state_dict().items():
+        h.update(f"{k}:{tuple(v.shape)};".encode())
+    path = _cache_path(prefix, h.hexdigest()[:12])
+    if not path.is_file():
+        g = torch.Generator().manual_seed(seed)
+        _save_atomic({k: _uniform_fp16(v.shape, k, g) for k, v in meta.state_dict().items()}, path)
+    return path
+
+
+def _link_into(src: Path, models_dir: str | Path, folder: str, name: str) -> Path:
+    """Put ``src`` at ``models_dir/folder/name`` (hard link, else a copy)."""
+    dst = Path(models_dir) / folder / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst
+
+
 def write_svd_checkpoint(path: str | Path, *, seed: int = 0) -> Path:
     """Write a random-weight SVD checkpoint that ``ImageOnlyCheckpointLoader`` loads as SVD; returns the path.
 
@@ -399,16 +448,8 @@ def write_svd_checkpoint(path: str | Path, *, seed: int = 0) -> Path:
     module docstring for why these sizes are the smallest ComfyUI accepts. Written atomically (a temporary
     file renamed into place), fp16, about 1.88 GB.
     """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")  # parallel writers never share a temp file
-    sd = svd_checkpoint_state_dict(seed=seed)
-    save_file(sd, str(tmp), metadata={"anti_i2v_test": f"random-weight SVD v{SVD_CHECKPOINT_VERSION} seed {seed}"})
-    del sd
-    os.replace(tmp, path)
-    return path
+    return _save_atomic(svd_checkpoint_state_dict(seed=seed), Path(path),
+                        {"anti_i2v_test": f"random-weight SVD v{SVD_CHECKPOINT_VERSION} seed {seed}"})
 
 
 def _svd_manifest_tag(seed: int) -> str:
@@ -429,26 +470,15 @@ def cached_svd_checkpoint(*, seed: int = 0) -> Path:
     The file name carries :func:`_svd_manifest_tag`; stale files of other tags are removed when a new one is
     written (each is 1.9 GB). ``.cache/`` is git-ignored: the weights are never committed.
     """
-    path = SVD_CACHE_DIR / f"svd-random-{_svd_manifest_tag(seed)}.safetensors"
+    path = _cache_path("svd-random", _svd_manifest_tag(seed))
     if not path.is_file():
-        for old in SVD_CACHE_DIR.glob("svd-random-*.safetensors"):
-            old.unlink(missing_ok=True)
         write_svd_checkpoint(path, seed=seed)
     return path
 
 
 def install_svd_checkpoint(models_dir: str | Path, *, seed: int = 0, name: str = SVD_FILE) -> Path:
     """Put the cached random SVD checkpoint at ``models_dir/checkpoints/name`` (hard link, else a copy)."""
-    src = cached_svd_checkpoint(seed=seed)
-    dst = Path(models_dir) / "checkpoints" / name
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() or dst.is_symlink():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-    return dst
+    return _link_into(cached_svd_checkpoint(seed=seed), models_dir, "checkpoints", name)
 
 
 # ---------------------------------------------------------------------------------------- LTX-Video
@@ -532,7 +562,7 @@ def load_vae(path: str | Path):
 # ---------------------------------------------------------------------------------------- Wan 2.2 TI2V-5B
 WAN22_5B_FILE = "wan2.2_ti2v_5B_fp16.safetensors"
 WAN22_VAE_FILE = "wan2.2_vae.safetensors"
-#: bump when the recipe of :func:`write_wan22_vae` changes (invalidates the cache)
+#: bump when the recipe of :func:`cached_wan22_vae` changes (invalidates the cache)
 WAN22_VAE_VERSION = 1
 
 
@@ -556,76 +586,32 @@ def _wan22_vae_meta() -> torch.nn.Module:
 def cached_wan22_vae(*, seed: int = 0) -> Path:
     """A random-weight ``wan2.2_vae.safetensors`` (705 M parameters, fp16, 1.4 GB) that VAELoader detects as the
     Wan 2.2 VAE, written once per recipe and ComfyUI layout into ``.cache/anti_i2v_tests`` (never committed)."""
-    import hashlib
-
-    from safetensors.torch import save_file
-
-    meta = _wan22_vae_meta()
-    h = hashlib.sha256(f"v{WAN22_VAE_VERSION} seed{seed}".encode())
-    for k, v in meta.state_dict().items():
-        h.update(f"{k}:{tuple(v.shape)};".encode())
-    path = SVD_CACHE_DIR / f"wan22-vae-random-{h.hexdigest()[:12]}.safetensors"
-    if path.is_file():
-        return path
-    for old in SVD_CACHE_DIR.glob("wan22-vae-random-*.safetensors"):
-        old.unlink(missing_ok=True)
-    g = torch.Generator().manual_seed(seed)
-    sd = {k: _uniform_fp16(v.shape, k, g) for k, v in meta.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    save_file(sd, str(tmp))
-    del sd
-    os.replace(tmp, path)
-    return path
+    return _cached_random_module(_wan22_vae_meta(), "wan22-vae-random", WAN22_VAE_VERSION, seed)
 
 
 def install_wan22_vae(models_dir: str | Path, *, seed: int = 0, name: str = WAN22_VAE_FILE) -> Path:
     """Put the cached random Wan 2.2 VAE at ``models_dir/vae/name`` (hard link, else a copy)."""
-    src = cached_wan22_vae(seed=seed)
-    dst = Path(models_dir) / "vae" / name
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() or dst.is_symlink():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-    return dst
+    return _link_into(cached_wan22_vae(seed=seed), models_dir, "vae", name)
 
 
 def cached_clip_vision_h(*, seed: int = 0) -> Path:
     """The ViT-H/14 tower of :func:`cached_svd_checkpoint` as a ``clip_vision_h.safetensors`` (open_clip ``visual.*``
     keys, which ``comfy.clip_vision.load`` converts), written once next to it in ``.cache/anti_i2v_tests`` (1.3 GB)."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     svd = cached_svd_checkpoint(seed=seed)
-    path = svd.with_name(svd.name.replace("svd-random-", "clip-vision-h-random-"))
+    path = _cache_path("clip-vision-h-random", svd.name[len("svd-random-"):-len(".safetensors")])
     if not path.is_file():
-        for old in SVD_CACHE_DIR.glob("clip-vision-h-random-*.safetensors"):
-            old.unlink(missing_ok=True)
         cut = len(_SVD_CLIP_PREFIX) - len("visual.")
         with safe_open(str(svd), framework="pt") as f:
             sd = {k[cut:]: f.get_tensor(k) for k in f.keys() if k.startswith(_SVD_CLIP_PREFIX)}
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        save_file(sd, str(tmp), metadata={"anti_i2v_test": f"random-weight ViT-H/14 of {svd.name}"})
-        del sd
-        os.replace(tmp, path)
+        _save_atomic(sd, path, {"anti_i2v_test": f"random-weight ViT-H/14 of {svd.name}"})
     return path
 
 
 def install_clip_vision_h(models_dir: str | Path, *, seed: int = 0, name: str = CLIP_VISION_H_FILE) -> Path:
     """Put the cached random ViT-H at ``models_dir/clip_vision/name`` (hard link, else a copy)."""
-    src = cached_clip_vision_h(seed=seed)
-    dst = Path(models_dir) / "clip_vision" / name
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() or dst.is_symlink():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-    return dst
+    return _link_into(cached_clip_vision_h(seed=seed), models_dir, "clip_vision", name)
 
 
 # ---------------------------------------------------------------------------------------- HunyuanVideo I2V
@@ -704,38 +690,9 @@ def _hunyuan_vae_meta() -> torch.nn.Module:
 def cached_hunyuan_vae(*, seed: int = 0) -> Path:
     """A random-weight ``hunyuan_video_vae_bf16.safetensors`` (fp16) that VAELoader detects as HunyuanVideo's VAE,
     written once per recipe and ComfyUI layout into ``.cache/anti_i2v_tests`` (never committed)."""
-    import hashlib
-
-    from safetensors.torch import save_file
-
-    meta = _hunyuan_vae_meta()
-    h = hashlib.sha256(f"v{HUNYUAN_VAE_VERSION} seed{seed}".encode())
-    for k, v in meta.state_dict().items():
-        h.update(f"{k}:{tuple(v.shape)};".encode())
-    path = SVD_CACHE_DIR / f"hunyuan-vae-random-{h.hexdigest()[:12]}.safetensors"
-    if path.is_file():
-        return path
-    for old in SVD_CACHE_DIR.glob("hunyuan-vae-random-*.safetensors"):
-        old.unlink(missing_ok=True)
-    g = torch.Generator().manual_seed(seed)
-    sd = {k: _uniform_fp16(v.shape, k, g) for k, v in meta.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    save_file(sd, str(tmp))
-    del sd
-    os.replace(tmp, path)
-    return path
+    return _cached_random_module(_hunyuan_vae_meta(), "hunyuan-vae-random", HUNYUAN_VAE_VERSION, seed)
 
 
 def install_hunyuan_vae(models_dir: str | Path, *, seed: int = 0, name: str = HUNYUAN_VAE_FILE) -> Path:
     """Put the cached random HunyuanVideo VAE at ``models_dir/vae/name`` (hard link, else a copy)."""
-    src = cached_hunyuan_vae(seed=seed)
-    dst = Path(models_dir) / "vae" / name
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() or dst.is_symlink():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-    return dst
+    return _link_into(cached_hunyuan_vae(seed=seed), models_dir, "vae", name)
