@@ -18,6 +18,20 @@ __all__ = ["NativeWan21Surrogate"]
 
 
 # ---------------------------------------------------------------------------------------------- Wan
+def wan_blocks(dm: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The ``blocks`` of ComfyUI's Wan model (2.1 and 2.2)."""
+    return [(f"blocks.{i}", b) for i, b in enumerate(dm.blocks)]
+
+
+def wan_vae_encoder_layers(enc: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers of ComfyUI's Wan VAE encoder the IRA loss can read (2.1's and 2.2's share the layout)."""
+    out = [("encoder.conv1", enc.conv1)]
+    out += [(f"encoder.downsamples.{i}", m) for i, m in enumerate(enc.downsamples)]
+    out += [(f"encoder.middle.{i}", m) for i, m in enumerate(enc.middle)]
+    out.append((f"encoder.head.{len(enc.head) - 1}", enc.head[-1]))
+    return out
+
+
 class NativeWan21Surrogate(NativeSurrogate):
     """Native Wan 2.1 I2V (and Wan 2.2 14B I2V) surrogate: ``WanImageToVideo`` conditioning, ``blocks`` hooks."""
 
@@ -55,15 +69,10 @@ class NativeWan21Surrogate(NativeSurrogate):
             log.warning("positive has %d entries; the surrogate uses the first", len(positive))
 
     def denoiser_blocks(self) -> Sequence[tuple[str, nn.Module]]:
-        return [(f"blocks.{i}", b) for i, b in enumerate(self.denoiser().blocks)]
+        return wan_blocks(self.denoiser())
 
     def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
-        enc = self._vae_shadow.root.encoder
-        out = [("encoder.conv1", enc.conv1)]
-        out += [(f"encoder.downsamples.{i}", m) for i, m in enumerate(enc.downsamples)]
-        out += [(f"encoder.middle.{i}", m) for i, m in enumerate(enc.middle)]
-        out.append((f"encoder.head.{len(enc.head) - 1}", enc.head[-1]))
-        return out
+        return wan_vae_encoder_layers(self._vae_shadow.root.encoder)
 
     def describe(self) -> dict:
         d = super().describe()

@@ -38,7 +38,7 @@ from anti_i2v.surrogates.base import NoiseDraw, SurrogateError
 
 from .base import _Shadow, _text_conditioning
 from .first_frame import FirstFrameSurrogate
-from .wan21 import NativeWan21Surrogate
+from .wan21 import NativeWan21Surrogate, wan_blocks, wan_vae_encoder_layers
 
 __all__ = ["NativeWan22MoESurrogate", "NativeWan22TI2VSurrogate", "WAN22_I2V_BOUNDARY"]
 
@@ -250,15 +250,10 @@ class NativeWan22TI2VSurrogate(FirstFrameSurrogate):
             positive, width, "the Wan model", "umT5-XXL")
 
     def denoiser_blocks(self) -> Sequence[tuple[str, nn.Module]]:
-        return [(f"blocks.{i}", b) for i, b in enumerate(self.denoiser().blocks)]
+        return wan_blocks(self.denoiser())
 
     def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
-        enc = self._vae_shadow.root.encoder
-        out = [("encoder.conv1", enc.conv1)]
-        out += [(f"encoder.downsamples.{i}", m) for i, m in enumerate(enc.downsamples)]
-        out += [(f"encoder.middle.{i}", m) for i, m in enumerate(enc.middle)]
-        out.append((f"encoder.head.{len(enc.head) - 1}", enc.head[-1]))
-        return out
+        return wan_vae_encoder_layers(self._vae_shadow.root.encoder)
 
     def default_objective(self):
         """The paper's depth ratios on the 30 blocks of TI2V-5B (IRA on block 19 and the last two VAE-encoder
