@@ -10,7 +10,6 @@ frontend action "Anti-I2V: protect this image" (js/anti_i2v_protect_action.js) i
 
 from __future__ import annotations
 
-import torch
 
 from anti_i2v.dsp import DSPConfig
 from anti_i2v.losses import AUTO, IRALoss, IRCLoss, Objective
@@ -105,12 +104,7 @@ class ProtectImage(io.ComfyNode):
                 surrogate = native_surrogate(model=model, vae=vae, clip_vision=clip_vision, positive=positive,
                                              frames=int(frames), clip_vision_crop=clip_vision_crop)
                 x = runtime.to_library_image(image, node=NODE_ID, arg="image")
-                m = None
-                if mask is not None:
-                    m = mask.detach().to(dtype=torch.float32).clone()
-                    if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):
-                        raise ValueError(f"mask is {m.shape[-2]}x{m.shape[-1]} but image is {x.shape[-2]}x"
-                                         f"{x.shape[-1]}: the mask must have the image's size")
+                m = runtime.to_library_mask(mask, x)
                 callback = runtime.progress_callback(node_id, config.steps)
                 with runtime.loaded_for_run(surrogate):
                     result = protect(x, surrogate, objective, perturbation, config, mask=m, callback=callback)

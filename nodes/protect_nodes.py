@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 
 from anti_i2v.dsp import DSPConfig
 from anti_i2v.protect import OPTIMIZERS, SCHEDULES, ProtectConfig, protect
@@ -119,14 +118,7 @@ class ProtectLoop(io.ComfyNode):
                         raise ValueError(
                             f"target_image has a batch of {target.shape[0]} but image has {x.shape[0]}: the "
                             f"target batch must be 1 or equal the image batch")
-                m = None
-                if mask is not None:
-                    m = mask.detach().to(dtype=torch.float32).clone()
-                    if m.ndim == 2:
-                        m = m.unsqueeze(0)
-                    if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):
-                        raise ValueError(f"mask is {m.shape[-2]}x{m.shape[-1]} but image is {x.shape[-2]}x"
-                                         f"{x.shape[-1]}: the mask must have the image's size")
+                m = runtime.to_library_mask(mask, x)
                 callback = runtime.progress_callback(node_id, config.steps)
                 model, objective = surrogate, losses.objective
                 if isinstance(surrogate, EnsembleSpec):

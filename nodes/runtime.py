@@ -87,6 +87,23 @@ def to_library_image(image: torch.Tensor, *, node: str, arg: str) -> torch.Tenso
     return image.detach().movedim(-1, 1).to(dtype=torch.float32).clone().contiguous()
 
 
+def to_library_mask(mask: torch.Tensor | None, image: torch.Tensor) -> torch.Tensor | None:
+    """A ComfyUI MASK ((H, W) or (B, H, W)) as a normal float32 (B, H, W) tensor for ``protect(mask=)``, or None.
+
+    Raises:
+        ValueError: the mask's size is not the image's (``image`` is the library batch (B, 3, H, W)).
+    """
+    if mask is None:
+        return None
+    m = mask.detach().to(dtype=torch.float32).clone()
+    if m.ndim == 2:
+        m = m.unsqueeze(0)
+    if tuple(m.shape[-2:]) != tuple(image.shape[-2:]):
+        raise ValueError(f"mask is {m.shape[-2]}x{m.shape[-1]} but image is {image.shape[-2]}x{image.shape[-1]}: "
+                         "the mask must have the image's size")
+    return m
+
+
 def to_comfy_image(image: torch.Tensor) -> torch.Tensor:
     """A library batch (B, 3, H, W) as a ComfyUI IMAGE (B, H, W, 3) float32 on the intermediate device."""
     import comfy.model_management as mm
