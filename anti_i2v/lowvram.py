@@ -110,14 +110,9 @@ def _valid_frames(surrogate, frames: int) -> int:
 
 def _deepest(objective, surrogate) -> tuple[int | None, bool]:
     """Deepest denoiser block the objective reads, and whether the denoiser's output is needed."""
-    req = objective.request().merge(objective.target_request())
-    blocks = set(req.blocks)
-    for t in objective.terms:  # AdvDM-style terms run their own pass
-        r = t.request()
-        blocks |= set(r.blocks)
-        if r.need_output:
-            req = req.merge(r)
-    return (max(blocks) if blocks else None), bool(req.need_output)
+    # every pass the loop runs: the adversarial one (own-latent terms included), the target's and the clean photo's
+    req = objective.request().merge(objective.target_request()).merge(objective.clean_request())
+    return (max(req.blocks) if req.blocks else None), bool(req.need_output)
 
 
 def _offloadable(surrogate, deepest: int | None, need_output: bool) -> list[tuple[str, nn.Module]]:
