@@ -194,62 +194,103 @@ def svd():
     return _cached_tiny("svd", num_frames=2)
 
 
-class TestTemporalAttention:
-    def test_maps_are_read_and_the_output_is_unchanged(self, svd):
-        mods = svd.temporal_attention_modules()
-        assert mods and all(n.endswith("attn1") for n, _ in mods)
-        procs = [m.processor for _, m in mods]
-        g = torch.Generator().manual_seed(0)
-        x = torch.rand(1, 3, *svd.working_size(40, 48), generator=g)
-        draw = svd.draw_noise(1, g, size=tuple(x.shape[-2:]))
-        plain = svd.features(x, draw, FeatureRequest(need_output=True))
-        read = svd.features(x, draw, FeatureRequest(need_output=True, attention=True))
-        assert set(read.attention) == {n for n, _ in mods}
-        torch.testing.assert_close(read.output, plain.output, atol=1e-5, rtol=1e-4)  # same computation
-        for a in read.attention.values():  # probabilities over the frames
-            torch.testing.assert_close(a.sum(-1), torch.ones_like(a.sum(-1)), atol=1e-5, rtol=0)
-            assert a.shape[-1] == a.shape[-2] == svd.num_frames
-        assert [m.processor for _, m in mods] == procs  # processors put back
+#: families with temporal self-attention, the tiny surrogate's settings, and the latent-frame axis of ``noisy``
+TEMPORAL = {"svd": ({"num_frames": 2}, 1), "dynamicrafter": ({}, 2), "opensora": ({}, 2)}
 
-    def test_changing_one_map_changes_the_loss(self, svd):
-        name, attn = svd.temporal_attention_modules()[0]
+
+@pytest.fixture(scope="module", params=sorted(TEMPORAL))
+def temporal(request):
+    return _cached_tiny(request.param, **TEMPORAL[request.param][0])
+
+
+def _attn_state(m):
+    """What capture_attention swaps: the diffusers processor, or the attention slot."""
+    return ("slot", m.attention_fn) if "attention_fn" in vars(m) else ("processor", m.processor)
+
+
+def _query_weight(attn):
+    """The query projection's weight rows of an attention module (diffusers / LVDM ``to_q``, STDiT3 fused ``qkv``)."""
+    if hasattr(attn, "to_q"):
+        return attn.to_q.weight
+    return attn.qkv.weight[: attn.qkv.weight.shape[0] // 3]
+
+
+class TestTemporalAttention:
+    def test_maps_are_read_and_the_output_is_unchanged(self, temporal):
+        mods = temporal.temporal_attention_modules()
+        assert mods
+        if temporal.family == "svd":
+            assert all(n.endswith("temporal_transformer_blocks.0.attn1") for n, _ in mods)
+        states = [_attn_state(m) for _, m in mods]
         g = torch.Generator().manual_seed(0)
-        size = svd.working_size(40, 48)
+        x = torch.rand(1, 3, *temporal.working_size(40, 48), generator=g)
+        draw = temporal.draw_noise(1, g, size=tuple(x.shape[-2:]))
+        plain = temporal.features(x, draw, FeatureRequest(need_output=True))
+        read = temporal.features(x, draw, FeatureRequest(need_output=True, attention=True))
+        assert list(read.attention) == [n for n, _ in mods]
+        torch.testing.assert_close(read.output, plain.output, atol=1e-5, rtol=1e-4)  # same computation
+        frames = read.noisy.shape[TEMPORAL[temporal.family][1]]
+        assert frames > 1
+        for a in read.attention.values():  # probabilities over the latent frames
+            torch.testing.assert_close(a.sum(-1), torch.ones_like(a.sum(-1)), atol=1e-5, rtol=0)
+            assert a.shape[-1] == a.shape[-2] == frames
+        assert [_attn_state(m) for _, m in mods] == states  # processors / slots put back
+
+    def test_changing_one_map_changes_the_loss(self, temporal):
+        name, attn = temporal.temporal_attention_modules()[-1]
+        g = torch.Generator().manual_seed(0)
+        size = temporal.working_size(40, 48)
         x, y = torch.rand(1, 3, *size, generator=g), torch.rand(1, 3, *size, generator=g)
-        draw = svd.draw_noise(1, g, size=size)
+        draw = temporal.draw_noise(1, g, size=size)
         req = FeatureRequest(attention=True)
-        adv, clean = svd.features(x, draw, req), svd.features(y, draw, req)
+        adv, clean = temporal.features(x, draw, req), temporal.features(y, draw, req)
         term = I2VGuardTemporalLoss()
-        before = float(term.evaluate_term(adv, None, clean, None))
-        saved = attn.to_q.weight.detach().clone()
+        before = float(term.evaluate_term(adv, None, clean, None).detach())
+        w = _query_weight(attn)
+        saved = w.detach().clone()
         try:
-            with torch.no_grad():
-                attn.to_q.weight.mul_(3.0)  # sharper attention in that one module
-            adv2 = svd.features(x, draw, req)
+            with torch.no_grad():  # another query direction in that one module (survives a q-norm)
+                w.add_(torch.randn(w.shape, generator=g) * 3 * float(saved.std()))
+            adv2 = temporal.features(x, draw, req)
         finally:
             with torch.no_grad():
-                attn.to_q.weight.copy_(saved)
+                w.copy_(saved)
         assert not torch.allclose(adv2.attention[name], adv.attention[name], atol=1e-4)
+        for k in adv.attention:  # the last module in forward order: every map before it is the same
+            if k != name:
+                torch.testing.assert_close(adv2.attention[k], adv.attention[k], atol=1e-6, rtol=0)
         assert abs(float(term.evaluate_term(adv2, None, clean, None)) - before) > 1e-6
 
-
-    def test_maps_carry_gradient_also_with_gradient_checkpointing(self, svd):
+    def test_maps_carry_gradient_also_with_gradient_checkpointing(self, temporal):
         g = torch.Generator().manual_seed(1)
-        size = svd.working_size(40, 48)
+        size = temporal.working_size(40, 48)
         x = torch.rand(1, 3, *size, generator=g)
         y = torch.rand(1, 3, *size, generator=g)
-        draw = svd.draw_noise(1, g, size=size)
+        draw = temporal.draw_noise(1, g, size=size)
         req = FeatureRequest(attention=True)
         with torch.no_grad():
-            clean = svd.features(y, draw, req)
-        svd.gradient_checkpointing = True
+            clean = temporal.features(y, draw, req)
+        temporal.gradient_checkpointing = True
         try:
             xx = x.clone().requires_grad_(True)
-            adv = svd.features(xx, draw, req)
+            adv = temporal.features(xx, draw, req)
             (grad,) = torch.autograd.grad(I2VGuardTemporalLoss().evaluate_term(adv, None, clean, None), xx)
         finally:
-            svd.gradient_checkpointing = False
+            temporal.gradient_checkpointing = False
         assert torch.isfinite(grad).all() and grad.abs().max() > 0
+
+    def test_i2vguard_has_its_temporal_term_where_the_model_has_temporal_attention(self, temporal):
+        obj = get_method("i2vguard").objective(temporal)
+        assert any(isinstance(t, I2VGuardTemporalLoss) for t in obj.terms)
+        assert not any("temporal attack left out" in n for n in obj.notes)
+
+    def test_capture_refuses_what_it_cannot_reproduce(self):
+        from anti_i2v.surrogates.attention import capture_attention
+
+        with pytest.raises(ValueError, match="neither a diffusers Attention module .* nor a module with an attention "
+                                             "slot"):
+            with capture_attention([("lin", torch.nn.Linear(2, 2))], {}):
+                pass
 
 
 def _state(s):

@@ -382,3 +382,49 @@ def test_svd_one_noisy_latent_default_objective_and_augmentation(native):
     _close(noisy_cond.latent, plain.latent, rel=1e-5)
     assert (noisy_cond.output - plain.output).abs().max() > 1e-4
     assert torch.equal(again.output, noisy_cond.output)  # the augmentation noise follows the draw's seed
+
+
+def test_svd_temporal_attention_maps_for_i2vguard(native):
+    """I2VGuard's temporal attack on the native SVD: ``time_stack[k].attn1`` read through the shadows' attention
+    slot, same output as ComfyUI's own attention, gradients, the user's modules untouched, and a ComfyUI attention
+    patch that bypasses the module refused by name."""
+    from anti_i2v.methods import get_method
+    from anti_i2v.methods.i2vguard import I2VGuardTemporalLoss
+
+    model, vae, cv = cm.tiny_svd()
+    user = [model.model, vae.first_stage_model, cv.model]
+    before_snap, before_w = _snapshot(user), _weights(user)
+    s = native.native_surrogate(model=model, vae=vae, clip_vision=cv, frames=3)
+    mods = s.temporal_attention_modules()
+    assert mods and all(".time_stack.0.attn1" in n for n, _ in mods)
+    draw = s.sample_noise(1, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = s.features(_photo(3), draw, FeatureRequest(need_output=True))
+        clean = s.features(_photo(4), draw, FeatureRequest(attention=True))
+    x = _photo(3).requires_grad_(True)
+    read = s.features(x, draw, FeatureRequest(need_output=True, attention=True))
+    assert list(read.attention) == [n for n, _ in mods]  # forward order
+    _close(read.output, plain.output)  # the slot computes what ComfyUI's attention computes
+    for a in read.attention.values():  # probabilities over the 3 frames
+        assert a.shape[-2:] == (3, 3)
+        torch.testing.assert_close(a.sum(-1), torch.ones_like(a.sum(-1)), atol=1e-5, rtol=0)
+    (g,) = torch.autograd.grad(I2VGuardTemporalLoss().evaluate_term(read, None, clean, None), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    assert all(m.__dict__["attention_fn"] is None for _, m in mods)  # slots emptied again
+    obj = get_method("i2vguard").objective(s)
+    assert any(isinstance(t, I2VGuardTemporalLoss) for t in obj.terms)
+    assert not any("temporal attack left out" in n for n in obj.notes)
+    assert _snapshot(user) == before_snap
+    for a, b in zip(_weights(user), before_w):
+        assert torch.equal(a, b)
+    for root in user:  # the slot lives on the private shadows only
+        assert not any("attention_fn" in vars(m) or "forward" in vars(m) for m in root.modules())
+
+    import comfy.ldm.modules.attention as ca
+
+    patched = model.clone()
+    patched.set_model_attn1_replace(lambda q, k, v, extra: ca.optimized_attention(q, k, v, extra["n_heads"]),
+                                    "input", 1)
+    p = native.native_surrogate(model=patched, vae=vae, clip_vision=cv, frames=3)
+    with pytest.raises(SurrogateError, match=r"attention map\(s\) of .*time_stack\.0\.attn1.* were not computed"):
+        p.features(_photo(3), draw, FeatureRequest(attention=True))

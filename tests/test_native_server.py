@@ -30,6 +30,8 @@ protected one must differ.
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 
 import numpy as np
@@ -162,8 +164,11 @@ def _wan_protect(image: str) -> dict:
         "6": {"class_type": "AntiI2V_DSPPerturb", "inputs": {
             "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
         "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "", "weight": 1.0}},
+        # I2VGuard's temporal term reads every time_stack attention map through the shadows' attention slot
+        "19": {"class_type": "AntiI2V_BaselineLoss", "inputs": {"method": "i2vguard_temporal", "weight": 1.0,
+                                                                "losses": ["7", 0]}},
         "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
-            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["19", 0],
             "steps": 2, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
     })
     prompt.update(_wan_video("wan_protected", ["8", 0], ("9", "10", "11", "12", "18")))
@@ -230,9 +235,14 @@ def _svd_protect(image: str) -> dict:
             "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
         # input block 1 (early exit there) keeps the U-Net part short; the ViT-H still runs forward + backward
         "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "", "weight": 1.0}},
+        # I2VGuard's temporal term reads every time_stack attention map through the shadows' attention slot
+        "19": {"class_type": "AntiI2V_BaselineLoss", "inputs": {"method": "i2vguard_temporal", "weight": 1.0,
+                                                                "losses": ["7", 0]}},
         "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
-            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
-            "steps": 1, "step_size": 16.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["19", 0],
+            "steps": 1, "step_size": 16.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0,
+            "random_start": True}},  # I2VGuard's start: the maps already differ at the first iteration
+        "20": {"class_type": "PreviewAny", "inputs": {"source": ["8", 2]}},
     })
     prompt.update(_svd_video("svd_protected", ["8", 0], ("9", "10", "11", "12", "18")))
     return prompt
@@ -276,6 +286,9 @@ def test_svd_checkpoint_model_unchanged_by_protect(comfy_server):
     again = _run(srv, _svd_clean(_byte_copy(srv, photo, "svd_unchanged_copy.png")))
 
     assert {"5", "8", "9", "10"} <= protect["executed"]
+    report = json.loads(protect["entry"]["outputs"]["20"]["text"][0])
+    temporal = report["loss_history"][0]["i2vguard_temporal"]  # -sum of squared map differences
+    assert math.isfinite(temporal) and temporal < 0
     _assert_unchanged_model(srv, first, again, protect, loaders={"1", "2"}, resampled={"4", "13", "14", "15"},
                             clean_ids=("16", "17"), protected_ids=("12", "18"), min_change=1.0)
 
@@ -504,8 +517,11 @@ def _wan22_protect(image: str) -> dict:
         "6": {"class_type": "AntiI2V_DSPPerturb", "inputs": {
             "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
         "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "", "weight": 1.0}},
+        # I2VGuard's temporal term reads every time_stack attention map through the shadows' attention slot
+        "19": {"class_type": "AntiI2V_BaselineLoss", "inputs": {"method": "i2vguard_temporal", "weight": 1.0,
+                                                                "losses": ["7", 0]}},
         "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
-            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["19", 0],
             "steps": 2, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
     })
     prompt.update(_wan22_video("wan22_protected", ["8", 0], ("9", "10", "11", "12", "18", "21")))
@@ -574,8 +590,11 @@ def _ti2v_protect(image: str) -> dict:
         "6": {"class_type": "AntiI2V_DSPPerturb", "inputs": {
             "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
         "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "", "weight": 1.0}},
+        # I2VGuard's temporal term reads every time_stack attention map through the shadows' attention slot
+        "19": {"class_type": "AntiI2V_BaselineLoss", "inputs": {"method": "i2vguard_temporal", "weight": 1.0,
+                                                                "losses": ["7", 0]}},
         "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
-            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["19", 0],
             "steps": 2, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
     })
     prompt.update(_ti2v_video("ti2v_protected", ["8", 0], ("9", "10", "11", "12", "18")))

@@ -7,12 +7,16 @@ Three attacks on an I2V model and one combined loss (minimised):
   latent, ``||E(x') - E(x_t)||^2``;
 * **temporal** (:class:`I2VGuardTemporalLoss`): the temporal self-attention maps of the denoiser for the protected
   photo pushed away from those of the clean photo under the same ``z_t`` and ``t``,
-  ``-sum_l ||A_l(x') - A_l(x)||^2``. The maps are the attention probabilities, read with attention processors
-  (:mod:`anti_i2v.surrogates.attention`), not forward hooks. SVD: every ``temporal_transformer_blocks[k].attn1``.
-  **CogVideoX and Wan 2.1 have no temporal self-attention**: their blocks run full 3D attention over all video
-  (and text) tokens; the term is left out there and the objective's notes say so (the full maps are N^2 over
-  17,550 tokens at 49 frames, and a frame-to-frame slice of them is not what I2VGuard defines). The native
-  ComfyUI SVD adapter runs ComfyUI's own attention code (no processors to swap): left out there too, with a note;
+  ``-sum_l ||A_l(x') - A_l(x)||^2``. The maps are the attention probabilities, read by swapping each module's
+  attention computation for one that keeps them (:mod:`anti_i2v.surrogates.attention`: diffusers attention
+  processors, or the attention slot of our own and of the native shadows' modules), not forward hooks. Where they
+  are read (:meth:`~anti_i2v.surrogates.base.Surrogate.temporal_attention_modules`): SVD (diffusers and native
+  ComfyUI), every ``temporal_transformer_blocks[k].attn1`` / ``time_stack[k].attn1``; DynamiCrafter, both
+  self-attentions of every LVDM temporal transformer; Open-Sora 1.2, every STDiT3 temporal block.
+  **CogVideoX, Wan 2.1/2.2, LTX-Video and HunyuanVideo have no temporal self-attention**: their blocks run full 3D
+  attention over all video (and text) tokens; the term is left out there and the objective's notes say so (the
+  full maps are N^2 over 17,550 tokens at 49 frames for CogVideoX, and a frame-to-frame slice of them is not what
+  I2VGuard defines);
 * **diffusion** (:class:`I2VGuardDiffusionLoss`): a contrastive loss on the denoiser's estimate of the clean video
   latent ``x0_hat`` (from its prediction, :func:`~anti_i2v.methods.base.predict_x0`): towards the target video's
   latent and away from the latent of the clean generation, ``||x0_hat - z_tgt||^2 - ||x0_hat - z_gen||^2``. The
@@ -168,11 +172,8 @@ class I2VGuard(Method):
             if surrogate.temporal_attention_modules():
                 terms.append(I2VGuardTemporalLoss(weight=w["temporal"]))
             else:
-                why = ("its attention runs in ComfyUI's own attention code, not through diffusers attention "
-                       "processors" if str(surrogate.family).startswith("svd") else
-                       "full 3D attention over all tokens")
                 notes.append(f"I2VGuard temporal attack left out: the {surrogate.family} surrogate has no temporal "
-                             f"self-attention to read ({why})")
+                             "self-attention to read (full 3D attention over all tokens)")
         if w["diffusion"]:
             terms.append(I2VGuardDiffusionLoss(weight=w["diffusion"],
                                                generation_steps=int(options.get("generation_steps", 3))))

@@ -488,6 +488,11 @@ class Surrogate(abc.ABC):
         missing = sorted(request.blocks - out.blocks.keys())
         if missing:
             raise RuntimeError(f"{self.family}: block(s) {missing} did not run in the forward pass")
+        unread = [n for n, _ in attn_modules if n not in out.attention]
+        if unread:
+            raise SurrogateError(f"{self.family}: the attention map(s) of {', '.join(unread[:3])}"
+                                 f"{' ...' if len(unread) > 3 else ''} were not computed: those attention modules did "
+                                 "not run their own forward (an attention patch of the model replaced them?)")
         return out
 
     @contextlib.contextmanager
@@ -583,8 +588,9 @@ class Surrogate(abc.ABC):
     def temporal_attention_modules(self) -> list[tuple[str, nn.Module]]:
         """Attention modules that attend over frames only (temporal self-attention), in forward order.
 
-        Empty by default: DiT families (CogVideoX, Wan) have full 3D attention over all tokens and no temporal
-        self-attention module. SVD's U-Net returns its temporal transformer blocks' self-attention.
+        Empty by default: DiT families (CogVideoX, Wan, LTX-Video, HunyuanVideo) have full 3D attention over all
+        tokens and no temporal self-attention module. SVD (diffusers and native), DynamiCrafter and Open-Sora
+        return theirs; :func:`~anti_i2v.surrogates.attention.capture_attention` must be able to read each one.
         """
         return []
 

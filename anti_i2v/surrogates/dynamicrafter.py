@@ -566,6 +566,22 @@ class DynamiCrafterSurrogate(Surrogate):
         blocks += [(f"output_blocks.{i}", b) for i, b in enumerate(u.output_blocks)]
         return blocks
 
+    def temporal_attention_modules(self) -> list[tuple[str, nn.Module]]:
+        """The self-attentions of every LVDM ``TemporalTransformer`` (``init_attn`` and the one after each spatial
+        transformer), in forward order: ``transformer_blocks[k].attn1`` and ``.attn2``. The published checkpoints
+        run their temporal transformers self-attention only (``temporal_selfatt_only``), so ``attn2`` is a second
+        self-attention over the frames, not a cross-attention: both are temporal self-attention maps."""
+        from .dynamicrafter_model import TemporalTransformer
+
+        out = []
+        for block_name, block in self.denoiser_blocks():  # forward order (init_attn after input_blocks.0)
+            for name, mod in block.named_modules(prefix=block_name):
+                if isinstance(mod, TemporalTransformer):
+                    for k, blk in enumerate(mod.transformer_blocks):
+                        out += [(f"{name}.transformer_blocks.{k}.attn1", blk.attn1),
+                                (f"{name}.transformer_blocks.{k}.attn2", blk.attn2)]
+        return out
+
     def vae_encoder_layers(self) -> list[tuple[str, nn.Module]]:
         """The KL-f8 encoder's levels and mid block, under their LDM names (``encoder.down.i``, ``encoder.mid``)."""
         enc = self.vae.encoder

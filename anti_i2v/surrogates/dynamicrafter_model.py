@@ -77,18 +77,22 @@ def _norm32(channels: int) -> GroupNorm32:
     return GroupNorm32(32, channels)
 
 
-def _attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
-    """Multi-head softmax(q k^T / sqrt(d)) v on (B, N, heads * d) tensors with SDPA."""
+def _attention(q: Tensor, k: Tensor, v: Tensor, heads: int, fn=None) -> Tensor:
+    """Multi-head softmax(q k^T / sqrt(d)) v on (B, N, heads * d) tensors with SDPA, or with ``fn(q, k, v)`` on
+    the per-head (B, heads, N, d) tensors (an attention slot, :mod:`anti_i2v.surrogates.attention`)."""
     b = q.shape[0]
     q, k, v = (t.reshape(b, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v)
+    out = F.scaled_dot_product_attention(q, k, v) if fn is None else fn(q, k, v)
     return out.transpose(1, 2).reshape(b, out.shape[2], -1)
 
 
 class CrossAttention(nn.Module):
     """LVDM ``CrossAttention``: self-attention without context; with a context, text keys (the first
     ``text_context_len`` tokens) and, when ``image_cross_attention``, image keys (the rest) through ``to_k_ip`` /
-    ``to_v_ip`` whose output is added with weight ``scale`` (times ``tanh(alpha) + 1`` when learnable)."""
+    ``to_v_ip`` whose output is added with weight ``scale`` (times ``tanh(alpha) + 1`` when learnable).
+
+    ``attention_fn``: the self-attention's slot (None: SDPA), filled to read the maps of the temporal transformers
+    (:func:`anti_i2v.surrogates.attention.capture_attention`); cross-attention always runs SDPA."""
 
     def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64,
                  image_cross_attention: bool = False, image_cross_attention_scale: float = 1.0,
@@ -105,6 +109,7 @@ class CrossAttention(nn.Module):
         self.image_cross_attention_scale = image_cross_attention_scale
         self.image_cross_attention_scale_learnable = image_cross_attention_scale_learnable
         self.text_context_len = text_context_len
+        self.attention_fn = None
         if image_cross_attention:
             self.to_k_ip = nn.Linear(context_dim, inner, bias=False)
             self.to_v_ip = nn.Linear(context_dim, inner, bias=False)
@@ -115,7 +120,7 @@ class CrossAttention(nn.Module):
         q = self.to_q(x)
         out_ip = None
         if context is None:
-            out = _attention(q, self.to_k(x), self.to_v(x), self.heads)
+            out = _attention(q, self.to_k(x), self.to_v(x), self.heads, self.attention_fn)
         else:
             text = context[:, : self.text_context_len]
             out = _attention(q, self.to_k(text), self.to_v(text), self.heads)

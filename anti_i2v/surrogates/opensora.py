@@ -260,6 +260,12 @@ class OpenSoraSurrogate(Surrogate):
         return [(f"transformer.temporal_blocks.{i} (layer {i})", tb)
                 for i, tb in enumerate(t.temporal_blocks)]
 
+    def temporal_attention_modules(self) -> list[tuple[str, nn.Module]]:
+        """STDiT3's temporal self-attention, ``transformer.temporal_blocks[i].attn`` for every layer, in forward
+        order: each spatial position attends over the latent frames (after RMS qk-norm and the rotary embedding)."""
+        return [(f"transformer.temporal_blocks.{i}.attn", tb.attn)
+                for i, tb in enumerate(self.transformer.temporal_blocks)]
+
     def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
         layers = list(encoder_layers(self.vae.spatial.encoder, "vae.spatial_vae.module.encoder"))
         enc = self.vae.temporal_vae.encoder

@@ -178,7 +178,10 @@ class _Rotary(nn.Module):
 
 
 class _SelfAttention(nn.Module):
-    """Multi-head self-attention with RMS qk-norm and optional rotary embedding (upstream ``Attention``)."""
+    """Multi-head self-attention with RMS qk-norm and optional rotary embedding (upstream ``Attention``).
+
+    ``attention_fn``: the attention slot (None: SDPA) on the normed, rotated per-head q, k and v, filled to read the
+    temporal blocks' maps (:func:`anti_i2v.surrogates.attention.capture_attention`)."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, rope=None) -> None:
         super().__init__()
@@ -189,6 +192,7 @@ class _SelfAttention(nn.Module):
         self.k_norm = _RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
         self._rope = rope  # a bound method of the model's rotary module (not a submodule: no keys here)
+        self.attention_fn = None
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, c = x.shape
@@ -196,7 +200,7 @@ class _SelfAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if self._rope is not None:
             q, k = self._rope(q), self._rope(k)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v) if self.attention_fn is None else self.attention_fn(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 

@@ -394,10 +394,12 @@ class SVDSurrogate(Surrogate):
         """The temporal self-attention of every ``TransformerSpatioTemporalModel`` of the U-Net, in forward order:
         ``temporal_transformer_blocks[k].attn1`` (each token attends over the frames at its spatial position)."""
         out = []
-        for name, mod in self.unet.named_modules():
-            if name.endswith("temporal_transformer_blocks") and isinstance(mod, nn.ModuleList):
-                for k, blk in enumerate(mod):
-                    out.append((f"{name}.{k}.attn1", blk.attn1))
+        u = self.unet
+        for prefix, part in (("down_blocks", u.down_blocks), ("mid_block", u.mid_block), ("up_blocks", u.up_blocks)):
+            for name, mod in part.named_modules(prefix=prefix):  # the U-Net registers up_blocks before mid_block
+                if name.endswith("temporal_transformer_blocks") and isinstance(mod, nn.ModuleList):
+                    for k, blk in enumerate(mod):
+                        out.append((f"{name}.{k}.attn1", blk.attn1))
         return out
 
     @property

@@ -137,12 +137,45 @@ def _clip_layer_forward(self: nn.Module, x: Tensor, mask: Tensor | None = None, 
 OUT_OF_PLACE: dict[tuple[str, str], Any] = {("comfy.clip_model", "CLIPLayer"): _clip_layer_forward}
 
 
+def _cross_attention_forward(self: nn.Module, x: Tensor, context: Tensor | None = None, value: Tensor | None = None,
+                             mask: Tensor | None = None, transformer_options: dict | None = None) -> Tensor:
+    """``comfy.ldm.modules.attention.CrossAttention.forward`` with an attention slot (``attention_fn``).
+
+    With the slot empty it is ComfyUI's own forward. Filled (:func:`anti_i2v.surrogates.attention.capture_attention`,
+    I2VGuard's temporal maps), the same projections run and the slot computes ``softmax(q k^T / sqrt(d)) v`` on
+    the per-head tensors, keeping the probabilities.
+    """
+    fn = self.__dict__.get("attention_fn")
+    if fn is None:
+        return type(self).forward(self, x, context=context, value=value, mask=mask,
+                                  transformer_options={} if transformer_options is None else transformer_options)
+    if mask is not None:
+        raise ValueError("reading attention maps: a masked ComfyUI attention is not supported")
+    ctx = x if context is None else context
+    q, k, v = self.to_q(x), self.to_k(ctx), self.to_v(ctx if value is None else value)
+    b, n, _ = q.shape
+    q, k, v = (t.reshape(b, t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
+    out = fn(q, k, v).transpose(1, 2).reshape(b, n, -1)
+    return self.to_out(out)
+
+
+#: shadow modules that get an attention slot (``attention_fn``, empty) and the forward that honours it
+ATTENTION_SLOT: dict[tuple[str, str], Any] = {("comfy.ldm.modules.attention", "CrossAttention"): _cross_attention_forward}
+
+
 def _patch_in_place(shadow: nn.Module) -> None:
-    """Give shadow modules whose ComfyUI forward writes in place an out-of-place forward (same values)."""
+    """Give shadow modules whose ComfyUI forward writes in place an out-of-place forward (same values), and
+    ComfyUI's ``CrossAttention`` shadows an attention slot (:data:`ATTENTION_SLOT`). Only the private shadows
+    change: the user's modules are never touched."""
     cls = type(shadow)
-    fn = OUT_OF_PLACE.get((cls.__module__, cls.__name__))
+    key = (cls.__module__, cls.__name__)
+    fn = OUT_OF_PLACE.get(key)
     if fn is not None:
         shadow.__dict__["forward"] = fn.__get__(shadow, cls)
+    slot = ATTENTION_SLOT.get(key)
+    if slot is not None:
+        shadow.__dict__["forward"] = slot.__get__(shadow, cls)
+        shadow.__dict__["attention_fn"] = None
 
 
 class _Shadow:

@@ -51,6 +51,19 @@ class NativeSVDSurrogate(NativeSurrogate):
         out += [(f"output_blocks.{i}", blk[-1]) for i, blk in enumerate(dm.output_blocks)]
         return out
 
+    def temporal_attention_modules(self) -> list[tuple[str, nn.Module]]:
+        """The temporal self-attention of every ``SpatialVideoTransformer``, in forward order:
+        ``time_stack[k].attn1`` (each spatial position attends over the frames), as diffusers' SVD
+        ``temporal_transformer_blocks[k].attn1``. These are the private shadow's ComfyUI ``CrossAttention``
+        modules, read through their attention slot (:mod:`nodes.native.base`); the user's model is never touched.
+        """
+        out = []
+        for name, mod in self.denoiser().named_modules():
+            if name.endswith("time_stack") and isinstance(mod, nn.ModuleList):
+                for k, blk in enumerate(mod):
+                    out.append((f"{name}.{k}.attn1", blk.attn1))
+        return out
+
     def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
         enc = self._vae_shadow.root.encoder
         out = [("encoder.conv_in", enc.conv_in)]
