@@ -300,13 +300,14 @@ def _state(s):
             sd[f"{i}.{k}"] = v.detach().clone()
     flags = [(p.requires_grad) for m in s.modules() for p in m.parameters()]
     hooks = sum(len(mm._forward_hooks) + len(mm._forward_pre_hooks) for m in s.modules() for mm in m.modules())
-    procs = [id(m.processor) for _, m in s.temporal_attention_modules()]
+    procs = [_attn_state(m) for _, m in s.temporal_attention_modules()]
     return sd, flags, hooks, procs
 
 
 class TestInvariants:
     @pytest.mark.parametrize("name", METHOD_NAMES)
-    def test_model_unchanged_cancel_and_settings(self, name, svd):
+    def test_model_unchanged_cancel_and_settings(self, name, temporal):
+        svd = temporal  # every family with temporal attention (I2VGuard reads its maps): svd, dynamicrafter, opensora
         before = _state(svd)
         x = torch.rand(1, 3, 30, 34, generator=torch.Generator().manual_seed(2))
         x0 = x.clone()
@@ -326,7 +327,7 @@ class TestInvariants:
         assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
 
 
-FAMILY_FRAMES = {"cogvideox": 1, "wan21": 1, "svd": 2}  # the fewest each family takes
+FAMILY_FRAMES = {"cogvideox": 1, "wan21": 1, "svd": 2, "dynamicrafter": 2, "opensora": 5}  # the fewest each takes
 
 
 def _png(path, size=(36, 30)):
@@ -335,7 +336,7 @@ def _png(path, size=(36, 30)):
     return path
 
 
-@pytest.mark.parametrize("family", ["cogvideox", "wan21", "svd"])
+@pytest.mark.parametrize("family", ["cogvideox", "wan21", "svd", "dynamicrafter", "opensora"])
 def test_every_method_from_the_cli(family, tmp_path, capsys, monkeypatch):
     """The real command line, each method on one tiny model per family (the CLI's --demo builds it; here the
     module's cached one is handed out, the rest of the CLI runs as shipped)."""
