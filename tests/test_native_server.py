@@ -164,11 +164,8 @@ def _wan_protect(image: str) -> dict:
         "6": {"class_type": "AntiI2V_DSPPerturb", "inputs": {
             "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
         "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "", "weight": 1.0}},
-        # I2VGuard's temporal term reads every time_stack attention map through the shadows' attention slot
-        "19": {"class_type": "AntiI2V_BaselineLoss", "inputs": {"method": "i2vguard_temporal", "weight": 1.0,
-                                                                "losses": ["7", 0]}},
         "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
-            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["19", 0],
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
             "steps": 2, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
     })
     prompt.update(_wan_video("wan_protected", ["8", 0], ("9", "10", "11", "12", "18")))
@@ -517,11 +514,8 @@ def _wan22_protect(image: str) -> dict:
         "6": {"class_type": "AntiI2V_DSPPerturb", "inputs": {
             "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
         "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "", "weight": 1.0}},
-        # I2VGuard's temporal term reads every time_stack attention map through the shadows' attention slot
-        "19": {"class_type": "AntiI2V_BaselineLoss", "inputs": {"method": "i2vguard_temporal", "weight": 1.0,
-                                                                "losses": ["7", 0]}},
         "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
-            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["19", 0],
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
             "steps": 2, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
     })
     prompt.update(_wan22_video("wan22_protected", ["8", 0], ("9", "10", "11", "12", "18", "21")))
@@ -590,11 +584,8 @@ def _ti2v_protect(image: str) -> dict:
         "6": {"class_type": "AntiI2V_DSPPerturb", "inputs": {
             "eps": 16.0, "dct_block": 8, "dct_channels": "rgb", "mix": 0.5, "restore_luminance": False}},
         "7": {"class_type": "AntiI2V_IRALoss", "inputs": {"blocks": "1", "vae_layers": "", "weight": 1.0}},
-        # I2VGuard's temporal term reads every time_stack attention map through the shadows' attention slot
-        "19": {"class_type": "AntiI2V_BaselineLoss", "inputs": {"method": "i2vguard_temporal", "weight": 1.0,
-                                                                "losses": ["7", 0]}},
         "8": {"class_type": "AntiI2V_ProtectLoop", "inputs": {
-            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["19", 0],
+            "image": ["4", 0], "surrogate": ["5", 0], "perturbation": ["6", 0], "losses": ["7", 0],
             "steps": 2, "step_size": 4.0, "schedule": "constant", "optimizer": "sign", "seed": 0, "frames": 0}},
     })
     prompt.update(_ti2v_video("ti2v_protected", ["8", 0], ("9", "10", "11", "12", "18")))
