@@ -179,6 +179,12 @@ def test_real_shape_report_calibrates_and_projects():
     wan = {p["setting"]: p for p in rep["projected_wan21_14b_480x832_bf16"]}
     assert wan["low_vram"]["total_gb"] < wan["early_exit+checkpointing"]["total_gb"] < wan["naive"]["total_gb"]
     assert wan["low_vram"]["video_frames"] == 5 and wan["low_vram"]["blocks_run"] == 27
+    # the fp8 row: the same activations, the blocks run at 1 byte per weight instead of 2 (bf16)
+    for table in (proj, wan):
+        lv, f8 = table["low_vram"], table["low_vram+fp8"]
+        assert f8["saved_activations_gb"] == lv["saved_activations_gb"] and f8["weights_gb"] < lv["weights_gb"]
+    assert wan["low_vram"]["weights_gb"] - wan["low_vram+fp8"]["weights_gb"] == pytest.approx(
+        27 * 0.35e9 / 2**30, abs=0.01)
 
 
 def test_saved_bytes_counts_activations_not_weights():
