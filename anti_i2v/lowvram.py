@@ -40,13 +40,14 @@ call by :func:`applied`:
    it makes in ``forward`` is what ``F.linear`` saves for backward, so the adversarial pass holds every layer's
    weights in the compute dtype anyway (measured: a two-layer 256-wide MLP kept 532,480 bytes for backward
    with it against 8,192 without: its fp32 weights). Rounding to e4m3 (3 mantissa bits) moves each weight by up
-   to 1/16 of its value; the attack's gradient stays close to the bf16 one (tests: cosine similarity > 0.99 on
-   tiny models) but is not equal, which is why it is opt-in and the report's ``settings["low_vram"]`` says so.
+   to 1/16 of its value (the tiniest of a row, e4m3 subnormals, by at most 2**-18 of the row's largest); the
+   attack's gradient stays close to the bf16 one (tests: cosine similarity > 0.99 on tiny models) but is not
+   equal, which is why it is opt-in and the report's ``settings["low_vram"]`` says so.
 
 Weights in fp8 for native ComfyUI surrogates (the nodes, with your own MODEL) are ComfyUI's business: a MODEL
 loaded with UNETLoader ``weight_dtype=fp8_e4m3fn`` or from a ``*_fp8_scaled`` file keeps its fp8 tensors and
 ComfyUI's own ops upcast them per layer; the native surrogate's shadow runs those same ops on aliases of those
-same fp8 tensors (tests/test_native.py, tests/test_native_server.py), so ``fp8`` here stays off for them.
+same fp8 tensors (tests/test_native_fp8.py, tests/test_native_server.py), so ``fp8`` here stays off for them.
 
 :func:`saved_bytes` measures, deterministically, the bytes autograd keeps for backward (a saved-tensor hook that
 sums distinct storages), which is how the tests and ``bench/speed.py --real-shape`` check the memory model on a
@@ -72,7 +73,7 @@ DEFAULT_FRAMES = 5
 
 @dataclass(frozen=True)
 class LowVram:
-    """Low-VRAM settings (all on by default).
+    """Low-VRAM settings (all on by default, except the opt-in ``fp8``).
 
     Args:
         frames: video frames to attack; ``None``: the family's :data:`FRAMES` value, or the surrogate's own frame
