@@ -310,6 +310,21 @@ def test_fp8_weights_restored_when_the_loop_stops_mid_run(how):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_fp8_is_not_applied_in_an_ensemble():
+    """Members move between devices per turn: fp8 is dropped for them, and the report says so."""
+    from anti_i2v.protect import Ensemble, Member
+
+    a, b = tiny_surrogate("wan21"), tiny_surrogate("wan21", seed=1)
+    obj = Objective((IRALoss(blocks=(0,)),))
+    before = _state(a)
+    r = protect(torch.rand(1, 3, 32, 32), Ensemble([Member(a, obj), Member(b, obj)]), None,
+                config=ProtectConfig(steps=1), low_vram=lowvram.LowVram(fp8=True))
+    assert all(plan["fp8"] is None for plan in r.settings["low_vram"].values())
+    assert sum("fp8 weights are not applied in an ensemble" in n for n in r.settings["notes"]) == 2
+    after = _state(a)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_fp8_estimate_counts_one_byte_per_block_weight():
     kw = dict(num_layers=40, hidden=5120, block_params=0.35e9, other_params=0.8e9, tokens=3120, deepest=26,
               act_per_token_hidden=24.0, checkpointing=True, offload_unused=True)

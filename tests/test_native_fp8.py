@@ -128,6 +128,11 @@ def test_fp8_model_gradient_and_model_unchanged(native, files, vae, ref_grad, sc
     # or a cut graph gives ~0
     cos = torch.nn.functional.cosine_similarity(g.flatten(), ref_grad.flatten(), dim=0)
     assert cos > 0.99, float(cos)
+    # the library's own fp8 option stays off for a native MODEL (ComfyUI's loading decides), and says why
+    from anti_i2v import lowvram
+
+    fp8 = lowvram.plan(s, s.default_objective(), lowvram.LowVram(fp8=True)).fp8
+    assert fp8["applied"] is False and "UNETLoader" in fp8["reason"]
     # the user's MODEL and VAE: the same fp8 bytes, dtypes, storage, flags and hooks (protect() and sampling
     # before/after with an fp8 MODEL are proved over HTTP in tests/test_native_server.py)
     assert _same(_raw(run["user"]), run["before"])
