@@ -154,7 +154,11 @@ def _cast_linear_forward(self: nn.Module, input: Tensor) -> Tensor:
     """
     import comfy.ops
 
-    weight, bias, stream = comfy.ops.cast_bias_weight(self, input, offloadable=True)
+    uncast = getattr(comfy.ops, "uncast_bias_weight", None)  # ComfyUI 0.3.75; older releases had no offloading
+    if uncast is not None:
+        weight, bias, stream = comfy.ops.cast_bias_weight(self, input, offloadable=True)
+    else:  # pragma: no cover - older ComfyUI
+        (weight, bias), stream = comfy.ops.cast_bias_weight(self, input), None
     scale = getattr(self, "scale_weight", None)
     if scale is None:
         x = torch.nn.functional.linear(input, weight, bias)
@@ -162,7 +166,8 @@ def _cast_linear_forward(self: nn.Module, input: Tensor) -> Tensor:
         s = scale.to(device=weight.device, dtype=weight.dtype)
         x = (torch.nn.functional.linear(input, weight * s, bias) if weight.numel() < input.numel()
              else torch.nn.functional.linear(input * s, weight, bias))
-    comfy.ops.uncast_bias_weight(self, weight, bias, stream)
+    if uncast is not None:
+        uncast(self, weight, bias, stream)
     return x
 
 
