@@ -222,7 +222,10 @@ def test_wan_fp8_model_protected_and_unchanged(comfy_server):
     src = np.asarray(Image.open(srv.input_dir / photo).convert("RGB")).astype(int)
     linf = int(np.abs(out - src).max())
     assert 1 <= linf <= 16, f"L-inf {linf}/255: the photo must move, within the budget of 16/255"
-    _assert_unchanged_model(srv, first, again, protect, loaders={"1", "2"}, resampled={"4", "13", "14", "15"},
+    # the fp8 UNETLoader ran once and served the other two prompts from the cache (the VAELoader may already be
+    # cached from another test of this server, so only its cache hits are required)
+    assert "2" in protect["cached"] and "2" in again["cached"]
+    _assert_unchanged_model(srv, first, again, protect, loaders={"1"}, resampled={"4", "13", "14", "15"},
                             clean_ids=("16", "17"), protected_ids=("12", "18"), min_change=0.5)
 
 
