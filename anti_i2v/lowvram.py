@@ -310,12 +310,13 @@ def fp8_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 def weight_bytes_on(modules: Iterable[nn.Module], device: torch.device | str) -> int:
     """Bytes of weights on ``device`` that ``modules`` compute with now: their parameters' and buffers' distinct
-    storages, plus the fp8 weights and scales of layers converted by a run in progress."""
+    storages, plus the fp8 weights and scales of layers converted by a run in progress. ``"cuda"`` (no index)
+    counts every CUDA device."""
     device = torch.device(device)
     seen: dict[int, int] = {}
 
     def add(t: torch.Tensor) -> None:
-        if t.device == device:
+        if t.device.type == device.type and (device.index is None or t.device.index in (None, device.index)):
             st = t.untyped_storage()
             seen.setdefault(st.data_ptr() or id(st), st.nbytes())
 
