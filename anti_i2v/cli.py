@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fit a 24 GB card: fewer frames (the family's low-VRAM count unless --frames is given), "
                          "gradient checkpointing, blocks past the deepest used and the VAE decoder kept on the CPU; "
                          "the report states the frames and settings used")
+    pr.add_argument("--fp8-weights", action="store_true",
+                    help="with --low-vram: for the run, keep the weights of the denoiser blocks' linear layers that "
+                         "the loop uses in fp8 (float8_e4m3fn, per-channel scale) on the device, computed in the "
+                         "model's dtype; your model files are untouched (changes the gradient slightly)")
     pr.add_argument("--recursive", action="store_true", help="also protect images in subfolders")
     pr.add_argument("--overwrite", action="store_true", help="redo photos whose outputs already exist")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -350,6 +354,8 @@ def _check_args(args) -> Path:
     """Checks that need no model: the model/demo choice and --out. Returns --out as a Path."""
     if args.demo == bool(args.model):
         raise UsageError("give either --model DIR (real weights) or --demo (tiny random models)")
+    if getattr(args, "fp8_weights", False) and not getattr(args, "low_vram", False):
+        raise UsageError("--fp8-weights is part of the low-VRAM mode: add --low-vram")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out}: exists and is not a folder")
@@ -404,7 +410,7 @@ def prepare_job(args, *, announce: bool = True) -> Job:
         from .lowvram import LowVram
 
         for s_ in surrogates:  # protect() applies it per photo (per member) and restores everything after
-            s_.low_vram = LowVram(frames=args.frames)
+            s_.low_vram = LowVram(frames=args.frames, fp8=bool(getattr(args, "fp8_weights", False)))
     ensemble = None
     if len(surrogates) > 1 or args.ensemble_weights or args.ensemble_balance:
         ensemble = _build_ensemble(args, surrogates, announce=announce)

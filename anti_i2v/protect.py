@@ -568,10 +568,10 @@ def protect(
             (the result is marked cancelled) or raise to abort.
         cache_conditioning: encode the target's conditioning once per run (True) or every iteration (the
             naive variant, kept for the speed benchmark; same result).
-        low_vram: ``True`` or a :class:`~anti_i2v.lowvram.LowVram`: fewer frames, gradient checkpointing and
-            unused modules offloaded for this run (see :mod:`anti_i2v.lowvram`); ``None`` follows the
-            surrogate's ``low_vram`` attribute (set by the CLI's ``--low-vram`` and the loader node). The report's
-            ``settings["low_vram"]`` states the frames and settings used.
+        low_vram: ``True`` or a :class:`~anti_i2v.lowvram.LowVram`: fewer frames, gradient checkpointing,
+            unused modules offloaded (and, opt-in, fp8 weights) for this run (see :mod:`anti_i2v.lowvram`);
+            ``None`` follows the surrogate's ``low_vram`` attribute (set by the CLI's ``--low-vram`` and the loader
+            node). The report's ``settings["low_vram"]`` states the frames and settings used.
 
     Returns:
         :class:`ProtectResult` with the protected images at the input's size, on CPU.
@@ -643,7 +643,10 @@ def protect(
         lv = low_vram if low_vram is not None else getattr(run.surrogate, "low_vram", None)
         lv = lowvram.LowVram() if lv is True else (lv or None)
         if lv is not None and ens is not None:  # members move between devices per turn: reduce, never offload
-            lv = replace(lv, offload_unused=False)
+            if lv.fp8:
+                settings["notes"].append(f"{run.label}: fp8 weights are not applied in an ensemble (members change "
+                                         "devices per turn)")
+            lv = replace(lv, offload_unused=False, fp8=False)
         if lv is not None:
             lv_runs.append((run, lv))
     settings["low_vram"] = None

@@ -10,15 +10,19 @@ Measures, each in a fresh subprocess (so peak memory is the measurement's own):
 * ``early_exit``: on a CogVideoX config with 42 blocks (CPU-sized widths), IRA on block 27 + IRC 3->27, seconds per
   iteration with the early exit against the full forward, measured in the same run, interleaved, with the ratio;
 * ``real_shape`` (``--real-shape``): the low-VRAM mode against the naive loop, per setting (naive: every block,
-  no checkpointing, all frames; early exit; early exit + checkpointing; ``--low-vram``), measured in the same run:
+  no checkpointing, all frames; early exit; early exit + checkpointing; ``--low-vram``; ``--low-vram
+  --fp8-weights``), measured in the same run (``--real-shape-settings`` picks a subset; ``naive`` is always run):
 
   - on a GPU, CogVideoX-5B-I2V shapes (random weights) at 480x720 in bf16, 49 frames for the naive settings:
     s/iteration, projected minutes per photo (200 iterations), peak ``torch.cuda.max_memory_allocated``;
   - on a CPU, a scaled-down real-width CogVideoX (real block width 3072, real text width 4096, 4 blocks, 128x192,
     17 frames; a small VAE): s/iteration, the bytes autograd keeps for backward (deterministic), and the process
-    RSS growth checked against :func:`anti_i2v.lowvram.estimate`'s prediction; then the memory model, calibrated
-    on that block, projects the real shapes (42 blocks, 480x720, bf16) per setting, with the FLOP count per
-    iteration and the minutes per photo it implies at an assumed 400 TFLOP/s (40 % of an H100's bf16 peak).
+    RSS growth checked against :func:`anti_i2v.lowvram.estimate`'s prediction, and the bytes of weights the
+    model computes with on the device before, during and after the loop (:func:`anti_i2v.lowvram.weight_bytes_on`;
+    with fp8 on a CPU the originals stay in the same RAM, on a GPU they wait on the CPU); then the memory model,
+    calibrated on that block, projects the real shapes (42 blocks, 480x720, bf16) per setting, with the FLOP
+    count per iteration and the minutes per photo it implies at an assumed 400 TFLOP/s (40 % of an H100's bf16
+    peak).
 
 Usage: python bench/speed.py [--iters N] [--families cogvideox,wan21,svd] [--real-shape] [--out FILE]
 This machine is noisy: the figures are medians; compare ratios measured in one run.
@@ -55,8 +59,11 @@ def _peak_mb(device) -> float:
 
 
 def _time_loop(surrogate, objective, image, iters: int, seed: int = 0, cache: bool = True,
-               low_vram: bool = False) -> list[float]:
-    """Seconds of each iteration of one protect run (first iteration excluded as warm-up)."""
+               low_vram=False, probe=None) -> list[float]:
+    """Seconds of each iteration of one protect run (first iteration excluded as warm-up).
+
+    ``low_vram``: False, True or a :class:`anti_i2v.lowvram.LowVram`; ``probe``: called once, after the first
+    iteration (inside the run), e.g. to measure what the run holds."""
     import torch
 
     from anti_i2v.dsp import DSPConfig
@@ -68,6 +75,9 @@ def _time_loop(surrogate, objective, image, iters: int, seed: int = 0, cache: bo
         if surrogate.device.type == "cuda":
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
+        if probe is not None and len(stamps) == 1:
+            probe()
+            stamps[0] = time.perf_counter()  # the probe's time is not the iteration's
 
     t0 = time.perf_counter()
     protect(image, surrogate, objective, DSPConfig(), ProtectConfig(steps=iters + 1, seed=seed), callback=cb,
@@ -137,6 +147,7 @@ def child(kind: str, arg: str, iters: int) -> dict:
 
         name = arg
         early, ckpt, low = next((e, c, lv) for n, e, c, lv in REAL_SHAPE_SETTINGS if n == name)
+        low = _low_vram_setting(name, low)
         latent_frames = 13
         overrides = dict(COGVIDEOX_5B_I2V)
         layers = int(os.environ.get("ANTI_I2V_BENCH_LAYERS", "42"))  # smaller only for a CPU dry run
@@ -160,11 +171,20 @@ def child(kind: str, arg: str, iters: int) -> dict:
         obj = Objective((IRALoss(blocks=(min(27, layers - 1),)), IRCLoss(pairs=((min(3, layers - 2), min(27, layers - 1)),))))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times = _time_loop(s, obj, img, iters, low_vram=low)
+        from anti_i2v import lowvram
+
+        during = {}
+        before_w = lowvram.weight_bytes_on(s.modules(), device)
+        times = _time_loop(s, obj, img, iters, low_vram=low,
+                           probe=lambda: during.setdefault("b", lowvram.weight_bytes_on(s.modules(), device)))
         med = statistics.median(times)
         return {"setting": name, "config": f"CogVideoX-5B-I2V shapes, {layers} blocks, random weights",
                 "size": [480, 720], "video_frames": 9 if low else s.num_frames, "dtype": str(s.dtype),
-                "early_exit": early, "gradient_checkpointing": bool(ckpt), "low_vram": low,
+                "early_exit": early, "gradient_checkpointing": bool(ckpt), "low_vram": bool(low),
+                "fp8_weights": name.endswith("+fp8"),
+                "weights_on_device_gb": {"before": round(before_w / 2**30, 2),
+                                         "during_run": round(during.get("b", 0) / 2**30, 2),
+                                         "after": round(lowvram.weight_bytes_on(s.modules(), device) / 2**30, 2)},
                 "s_per_iter_median": med, "projected_minutes_per_photo": round(200 * med / 60, 2),
                 "peak_memory_gb": round(_peak_mb(device) / 1024, 2), "device": str(device)}
     raise SystemExit(f"unknown kind {kind}")
@@ -172,7 +192,17 @@ def child(kind: str, arg: str, iters: int) -> dict:
 
 #: the settings ``--real-shape`` compares: (name, early exit, gradient checkpointing, low-VRAM mode)
 REAL_SHAPE_SETTINGS = (("naive", False, False, False), ("early_exit", True, False, False),
-                       ("early_exit+checkpointing", True, True, False), ("low_vram", True, True, True))
+                       ("early_exit+checkpointing", True, True, False), ("low_vram", True, True, True),
+                       ("low_vram+fp8", True, True, True))
+
+
+def _low_vram_setting(name: str, low: bool):
+    """What ``protect(low_vram=)`` gets for a setting: False, True, or LowVram(fp8=True) for ``*+fp8``."""
+    if low and name.endswith("+fp8"):
+        from anti_i2v.lowvram import LowVram
+
+        return LowVram(fp8=True)
+    return low
 
 
 def _rss_sampler():
@@ -222,6 +252,7 @@ def _real_width_cpu(name: str, iters: int) -> dict:
     from anti_i2v.surrogates.cogvideox import TINY_VAE, CogVideoXSurrogate
 
     early, ckpt, low = next((e, c, lv) for n, e, c, lv in REAL_SHAPE_SETTINGS if n == name)
+    low = _low_vram_setting(name, low)
     cfg = dict(COGVIDEOX_5B_I2V)
     cfg.update(num_layers=4, sample_height=16, sample_width=24)
     vae = dict(TINY_VAE)  # a small 8x VAE with CogVideoX's 16 latent channels: the transformer is what is measured
@@ -248,13 +279,28 @@ def _real_width_cpu(name: str, iters: int) -> dict:
     tokens = s.latent_frames() * (128 // 16) * (192 // 16) + cfg["max_text_seq_length"]
     s.num_frames = saved_frames
     x = clean = None  # free before the timed loop
-    stop, base = _rss_sampler()
-    times = _time_loop(s, obj, img, iters, low_vram=low)
-    peak = stop()
+    cpu = torch.device("cpu")
     blocks_run = 2 if early else cfg["num_layers"]
+    blocks = [m for _, m in s.denoiser_blocks()][:blocks_run]
+    before_w, before_b = lowvram.weight_bytes_on(s.modules(), cpu), lowvram.weight_bytes_on(blocks, cpu)
+    during: dict = {}
+
+    def probe():
+        during["all"] = lowvram.weight_bytes_on(s.modules(), cpu)
+        during["blocks"] = lowvram.weight_bytes_on(blocks, cpu)
+
+    stop, base = _rss_sampler()
+    times = _time_loop(s, obj, img, iters, low_vram=low, probe=probe)
+    peak = stop()
     return {"setting": name, "frames": frames, "tokens": tokens, "blocks_run": blocks_run, "hidden": hidden,
             "block_params": block_params, "s_per_iter_median": statistics.median(times), "iterations": len(times),
-            "saved_for_backward_mb": round(kept / 2**20, 1), "rss_growth_mb": round((peak - base) / 2**20, 1)}
+            "saved_for_backward_mb": round(kept / 2**20, 1), "rss_growth_mb": round((peak - base) / 2**20, 1),
+            "fp8_weights": name.endswith("+fp8"),
+            "weights_on_device_mb": {"before": round(before_w / 2**20, 1),
+                                     "during_run": round(during.get("all", 0) / 2**20, 1),
+                                     "after": round(lowvram.weight_bytes_on(s.modules(), cpu) / 2**20, 1)},
+            "blocks_run_weights_mb": {"before": round(before_b / 2**20, 1),
+                                      "during_run": round(during.get("blocks", 0) / 2**20, 1)}}
 
 
 def _real_shape_report(rows: list[dict]) -> dict:
@@ -274,7 +320,8 @@ def _real_shape_report(rows: list[dict]) -> dict:
         _, early, ckpt, low = next(t for t in REAL_SHAPE_SETTINGS if t[0] == r["setting"])
         est = lowvram.estimate(num_layers=4, hidden=r["hidden"], block_params=r["block_params"], other_params=0,
                                tokens=r["tokens"], deepest=r["blocks_run"] - 1, bytes_per_element=4,
-                               act_per_token_hidden=act, checkpointing=ckpt, offload_unused=True)
+                               act_per_token_hidden=act, checkpointing=ckpt, offload_unused=True,
+                               fp8=r["setting"].endswith("+fp8"))
         checks.append({"setting": r["setting"],
                        "predicted_saved_mb": round(est.saved_activations_gb * 1024, 1),
                        "saved_for_backward_mb": r["saved_for_backward_mb"],
@@ -282,6 +329,10 @@ def _real_shape_report(rows: list[dict]) -> dict:
                        "rss_growth_mb": r["rss_growth_mb"],
                        "s_per_iter_median": r["s_per_iter_median"],
                        "s_per_iter_ratio_naive_over_this": round(n["s_per_iter_median"] / r["s_per_iter_median"], 2)})
+        if "blocks_run_weights_mb" in r:  # the model counts whole blocks at 1 byte with fp8; norms stay float32
+            checks[-1]["weights_on_device_mb"] = r["weights_on_device_mb"]
+            checks[-1]["blocks_run_weights_mb"] = r["blocks_run_weights_mb"]
+            checks[-1]["predicted_blocks_run_weights_mb"] = round(est.weights_gb * 1024, 1)
     out["cpu_model_check"] = checks
     real = dict(COGVIDEOX_5B_I2V)
     hidden = real["num_attention_heads"] * real["attention_head_dim"]
@@ -294,7 +345,8 @@ def _real_shape_report(rows: list[dict]) -> dict:
         deepest = 27 if early else real["num_layers"] - 1
         est = lowvram.estimate(num_layers=real["num_layers"], hidden=hidden, block_params=block_params,
                                other_params=other, tokens=tokens, deepest=deepest, bytes_per_element=2,
-                               act_per_token_hidden=act, checkpointing=ckpt, offload_unused=low)
+                               act_per_token_hidden=act, checkpointing=ckpt, offload_unused=low,
+                               fp8=name.endswith("+fp8"))
         flops = _flops_per_iteration(hidden=hidden, block_params=block_params, tokens=tokens,
                                      blocks_run=deepest + 1, checkpointing=ckpt)
         proj.append({"setting": name, "video_frames": (latent_frames - 1) * 4 + 1, **est.describe(),
@@ -311,7 +363,7 @@ def _real_shape_report(rows: list[dict]) -> dict:
         deepest = 26 if early else 39
         est = lowvram.estimate(num_layers=40, hidden=5120, block_params=0.35e9, other_params=0.8e9, tokens=tokens,
                                deepest=deepest, bytes_per_element=2, act_per_token_hidden=act, checkpointing=ckpt,
-                               offload_unused=low)
+                               offload_unused=low, fp8=name.endswith("+fp8"))
         flops = _flops_per_iteration(hidden=5120, block_params=0.35e9, tokens=tokens, blocks_run=deepest + 1,
                                      checkpointing=ckpt)
         wan.append({"setting": name, "video_frames": (latent_frames - 1) * 4 + 1, **est.describe(),
@@ -341,6 +393,9 @@ def main() -> None:
                     help="low-VRAM settings against the naive loop: real shapes on a GPU; on a CPU a real-width "
                          "model with few blocks, the memory model checked and projected to real shapes")
     ap.add_argument("--only-real-shape", action="store_true", help="skip the tiny-model measurements")
+    ap.add_argument("--real-shape-settings", default=",".join(n for n, *_ in REAL_SHAPE_SETTINGS),
+                    help="comma-separated subset of the real-shape settings to measure (naive is always measured: "
+                         "the ratios are against it)")
     ap.add_argument("--skip-early-exit", action="store_true")
     ap.add_argument("--skip-caching", action="store_true")
     ap.add_argument("--out", help="also write the JSON here")
@@ -362,8 +417,14 @@ def main() -> None:
         if not a.skip_early_exit:
             out["early_exit"] = _run_child("early_exit", str(a.rounds), a.iters)
     if a.real_shape or a.only_real_shape:
+        known = [n for n, *_ in REAL_SHAPE_SETTINGS]
+        wanted = [n.strip() for n in a.real_shape_settings.split(",") if n.strip()]
+        bad = [n for n in wanted if n not in known]
+        if bad:
+            raise SystemExit(f"--real-shape-settings: unknown {', '.join(bad)} (allowed: {', '.join(known)})")
+        chosen = [n for n in known if n == "naive" or n in wanted]
         if torch.cuda.is_available():
-            rows = [_run_child("real_shape", n, a.iters) for n, *_ in REAL_SHAPE_SETTINGS]
+            rows = [_run_child("real_shape", n, a.iters) for n in chosen]
             naive = next((r for r in rows if r.get("setting") == "naive" and "error" not in r), None)
             for r in rows:
                 if naive and "error" not in r:
@@ -371,8 +432,7 @@ def main() -> None:
                     r["ratio_naive_memory_over_this"] = round(naive["peak_memory_gb"] / r["peak_memory_gb"], 2)
             out["real_shape"] = rows
         else:
-            out["real_shape"] = _real_shape_report([_run_child("real_width_cpu", n, a.iters)
-                                                    for n, *_ in REAL_SHAPE_SETTINGS])
+            out["real_shape"] = _real_shape_report([_run_child("real_width_cpu", n, a.iters) for n in chosen])
     text = json.dumps(out, indent=2)
     print(text)
     if a.out:

@@ -143,7 +143,9 @@ class LoadSurrogateI2V(io.ComfyNode):
                                          "'frames' if smaller), recompute blocks in backward, and keep the blocks "
                                          "past the deepest used and the VAE decoder on the CPU (a diffusers "
                                          "folder; with a connected ComfyUI model, ComfyUI manages its devices). "
-                                         "The report states the frames and settings used."),
+                                         "The report states the frames and settings used. fp8: load your model "
+                                         "in fp8 (UNETLoader weight_dtype fp8_e4m3fn, or an fp8_scaled file); the "
+                                         "attack uses its fp8 weights as loaded."),
             ],
             outputs=[SurrogateType.Output(display_name="surrogate",
                                           tooltip="The I2V surrogate for the protect and preview nodes.")],

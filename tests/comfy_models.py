@@ -84,6 +84,8 @@ __all__ = [
     "random_state_dict",
     "write_tiny_wan21_i2v",
     "write_tiny_wan_t2v",
+    "WAN_I2V_FP8_SCALED_FILE",
+    "write_tiny_wan21_i2v_fp8_scaled",
     "write_tiny_wan_vae",
     "WAN22_HIGH_FILE",
     "WAN22_LOW_FILE",
@@ -192,6 +194,31 @@ def write_tiny_wan21_i2v(folder: str | Path, *, seed: int = 0, name: str = WAN_I
     """Write a tiny Wan 2.1 I2V diffusion model (bf16 safetensors) as ``folder/name``; returns the path."""
     m = _wan_model("i2v", 36)
     return _save(random_state_dict(m, seed), Path(folder) / name, torch.bfloat16)
+
+
+WAN_I2V_FP8_SCALED_FILE = "wan2.1_i2v_480p_14B_fp8_scaled.safetensors"
+
+
+def write_tiny_wan21_i2v_fp8_scaled(folder: str | Path, *, seed: int = 0, name: str = WAN_I2V_FP8_SCALED_FILE) -> Path:
+    """The tiny Wan 2.1 I2V of :func:`write_tiny_wan21_i2v` (same seed, same weights before rounding) in the layout
+    of the released ``*_fp8_scaled`` files: every ``nn.Linear`` weight (the 2-D ``.weight`` tensors) stored as
+    ``float8_e4m3fn`` divided by a float32 per-tensor ``<layer>.scale_weight`` (amax / 448) with a unit
+    ``<layer>.scale_input``, the other tensors in bf16, and the empty ``scaled_fp8`` marker tensor that makes ComfyUI's
+    loader pick ``comfy.ops.scaled_fp8_ops`` (with fp8 optimisations, used where the GPU has fp8 compute).
+    """
+    m = _wan_model("i2v", 36)
+    out: dict[str, torch.Tensor] = {}
+    for k, v in random_state_dict(m, seed).items():
+        v = v.to(torch.bfloat16).float()  # the bf16 file's values
+        if k.endswith(".weight") and v.ndim == 2:
+            scale = v.abs().max().clamp_min(1e-12) / torch.finfo(torch.float8_e4m3fn).max
+            out[k] = (v / scale).to(torch.float8_e4m3fn)
+            out[k[: -len("weight")] + "scale_weight"] = scale.reshape(()).float()
+            out[k[: -len("weight")] + "scale_input"] = torch.ones(())  # read only by fp8 matmul (GPUs)
+        else:
+            out[k] = v.to(torch.bfloat16)
+    out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return _save_atomic({k: v.contiguous() for k, v in out.items()}, Path(folder) / name)
 
 
 def write_tiny_wan_t2v(folder: str | Path, *, seed: int = 0, name: str = WAN_T2V_FILE) -> Path:

@@ -123,9 +123,9 @@ def _assert_unchanged_model(srv, first: dict, again: dict, protect: dict, *, loa
 
 
 # ---------------------------------------------------------------------------------------------- Wan 2.1
-def _wan_models() -> dict:
+def _wan_models(weight_dtype: str = "default") -> dict:
     return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": cm.WAN_I2V_FILE, "weight_dtype": "default"}},
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": cm.WAN_I2V_FILE, "weight_dtype": weight_dtype}},
         "2": {"class_type": "VAELoader", "inputs": {"vae_name": cm.WAN_VAE_FILE}},
         "3": {"class_type": "AntiI2VTest_ZeroConditioning", "inputs": {"width": 4096, "tokens": 16}},
     }
@@ -147,15 +147,15 @@ def _wan_video(prefix: str, image_ref: list, ids: tuple[str, ...]) -> dict:
     return out
 
 
-def _wan_clean(image: str) -> dict:
-    prompt = _wan_models()
+def _wan_clean(image: str, weight_dtype: str = "default") -> dict:
+    prompt = _wan_models(weight_dtype)
     prompt["4"] = {"class_type": "LoadImage", "inputs": {"image": image}}
     prompt.update(_wan_video("wan_clean", ["4", 0], ("13", "14", "15", "16", "17")))
     return prompt
 
 
-def _wan_protect(image: str) -> dict:
-    prompt = _wan_models()
+def _wan_protect(image: str, weight_dtype: str = "default") -> dict:
+    prompt = _wan_models(weight_dtype)
     prompt.update({
         "4": {"class_type": "LoadImage", "inputs": {"image": image}},
         "5": {"class_type": "AntiI2V_LoadSurrogateI2V", "inputs": {
@@ -187,6 +187,47 @@ def test_wan_model_unchanged_by_protect(comfy_server):
 
     assert {"5", "8", "9", "10"} <= protect["executed"]  # the surrogate, the loop and the protected video ran
     _assert_unchanged_model(srv, first, again, protect, loaders={"1", "2"}, resampled={"4", "13", "14", "15"},
+                            clean_ids=("16", "17"), protected_ids=("12", "18"), min_change=0.5)
+
+
+def test_wan_fp8_model_protected_and_unchanged(comfy_server):
+    """UNETLoader ``weight_dtype=fp8_e4m3fn``: the MODEL's linear weights are fp8 (ComfyUI upcasts them per layer on
+    this CPU, as on a GPU without fp8 matmul). The protect node attacks that MODEL through its own fp8 tensors
+    (tests/test_native_fp8.py proves the aliasing and the gradient in-process); here, over HTTP: the run succeeds,
+    the saved photo moved within the budget, the report's figures are finite, and sampling with that MODEL before
+    and after the run gives bit-identical latents and frames."""
+    import json
+    import math
+
+    srv = comfy_server
+    cm.write_tiny_wan21_i2v(srv.models_dir / "diffusion_models")
+    cm.write_tiny_wan_vae(srv.models_dir / "vae")
+    photo = _photo(srv, "wan_fp8.png", seed=2)
+    protect_prompt = _wan_protect(photo, "fp8_e4m3fn")
+    protect_prompt["19"] = {"class_type": "PreviewAny", "inputs": {"source": ["8", 2]}}
+    protect_prompt["20"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "wan_fp8"}}
+
+    first = _run(srv, _wan_clean(photo, "fp8_e4m3fn"))
+    protect = _run(srv, protect_prompt)
+    again = _run(srv, _wan_clean(_byte_copy(srv, photo, "wan_fp8_copy.png"), "fp8_e4m3fn"))
+
+    report = json.loads(protect["entry"]["outputs"]["19"]["text"][0])
+    assert report["steps_done"] == 2 and report["cancelled"] is False
+    assert report["settings"]["surrogate"]["dtype"] == "float8_e4m3fn"  # the MODEL as loaded, not a copy
+    assert 0 < max(report["linf_255"]) <= 16.0 + 1e-3
+    figures = [r["loss"] for r in report["loss_history"]] + report["psnr_db"] + report["ssim"] + [
+        v for vals in report["quality"].values() for v in (vals if isinstance(vals, list) else [vals])
+        if isinstance(v, (int, float))]
+    assert figures and all(math.isfinite(v) for v in figures), figures
+    (saved,) = srv.output_files(protect["entry"], "20")
+    out = np.asarray(Image.open(saved).convert("RGB")).astype(int)
+    src = np.asarray(Image.open(srv.input_dir / photo).convert("RGB")).astype(int)
+    linf = int(np.abs(out - src).max())
+    assert 1 <= linf <= 16, f"L-inf {linf}/255: the photo must move, within the budget of 16/255"
+    # the fp8 UNETLoader ran once and served the other two prompts from the cache (the VAELoader may already be
+    # cached from another test of this server, so only its cache hits are required)
+    assert "2" in protect["cached"] and "2" in again["cached"]
+    _assert_unchanged_model(srv, first, again, protect, loaders={"1"}, resampled={"4", "13", "14", "15"},
                             clean_ids=("16", "17"), protected_ids=("12", "18"), min_change=0.5)
 
 

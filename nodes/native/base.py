@@ -40,7 +40,9 @@ that fades to grey, which no sampler ever starts from.) :meth:`~NativeSurrogate.
 ``vae.first_stage_model.encode(vae.process_input(x))`` (``VAE.encode`` writes into a preallocated buffer and
 may fall back to tiling, which cuts the graph); the ``round()`` in CLIP preprocessing keeps its forward value but
 passes the gradient straight through (``round`` has zero gradient); the shadow's CLIP-vision layers add their
-residuals out of place (``comfy.clip_model.CLIPLayer`` adds in place, which autograd refuses).
+residuals out of place (``comfy.clip_model.CLIPLayer`` adds in place, which autograd refuses); fp8 ``Linear``
+layers always take ComfyUI's upcast path (its fp8 matrix multiplication, chosen on GPUs with fp8 compute,
+quantises the input with an ``out=`` op autograd refuses; see :func:`_cast_linear_forward`).
 
 **The user's models are never modified** (design choice, proved by ``tests/test_native.py``): ComfyUI loads
 weights as inference tensors, which autograd cannot save for backward. Instead of replacing them, every
@@ -49,7 +51,9 @@ modules (own parameter, buffer, child and hook dictionaries) whose parameters ar
 aliases of the user's current storage (``Tensor.set_`` on the same storage; no weight is copied, so a 14B model
 costs no extra memory). The aliases are bound after ``comfy.model_management.load_models_gpu`` at the start of
 the call and dropped at its end, so the surrogate never pins weights that ComfyUI later offloads, and it always
-sees the weights ComfyUI currently has on the device. Hooks, ``requires_grad`` and training flags that the
+sees the weights ComfyUI currently has on the device. Weights loaded in fp8 (UNETLoader ``weight_dtype``
+``fp8_e4m3fn``, ``*_fp8_scaled`` files) are aliased as the fp8 tensors they are, with their ``scale_weight``, and
+ComfyUI's ops upcast them per layer as in sampling: the attack holds no full-precision copy of the model. Hooks, ``requires_grad`` and training flags that the
 protect loop sets land on the shadow only. The latent format's mean/std tensors are aliased the same way.
 
 Working size: the photo's own size rounded down to the family's multiple (16 for Wan, 64 for SVD), scaled down
@@ -163,10 +167,47 @@ def _cross_attention_forward(self: nn.Module, x: Tensor, context: Tensor | None 
 ATTENTION_SLOT: dict[tuple[str, str], Any] = {("comfy.ldm.modules.attention", "CrossAttention"): _cross_attention_forward}
 
 
+def _cast_linear_forward(self: nn.Module, input: Tensor) -> Tensor:
+    """``comfy.ops``' fp8 ``Linear`` computed as ComfyUI computes it on a GPU without fp8 matrix multiplication.
+
+    ComfyUI's fp8 matmul path (``comfy.ops.fp8_linear``: ``fp8_e4m3fn_fast`` on GPUs with fp8 compute, and
+    ``*_fp8_scaled`` files whose marker turns on fp8 optimisations there) quantises the *input* with
+    ``torch.clamp(..., out=...)``, which autograd refuses ("functions with out=... arguments don't support automatic
+    differentiation"); ComfyUI's ``fp8_ops`` catches that and falls back per call, ``scaled_fp8_ops`` does not. The
+    shadow therefore always takes the differentiable path: the fp8 weight upcast to the input's dtype by ComfyUI's
+    own ``cast_bias_weight``, times ``scale_weight`` where the layer has one (the same branch as
+    ``scaled_fp8_ops``' fallback), in every pass, so the target and the adversarial passes compute alike.
+    """
+    import comfy.ops
+
+    uncast = getattr(comfy.ops, "uncast_bias_weight", None)  # ComfyUI 0.3.75; older releases had no offloading
+    if uncast is not None:
+        weight, bias, stream = comfy.ops.cast_bias_weight(self, input, offloadable=True)
+    else:  # pragma: no cover - older ComfyUI
+        (weight, bias), stream = comfy.ops.cast_bias_weight(self, input), None
+    scale = getattr(self, "scale_weight", None)
+    if scale is None:
+        x = torch.nn.functional.linear(input, weight, bias)
+    else:
+        s = scale.to(device=weight.device, dtype=weight.dtype)
+        x = (torch.nn.functional.linear(input, weight * s, bias) if weight.numel() < input.numel()
+             else torch.nn.functional.linear(input * s, weight, bias))
+    if uncast is not None:
+        uncast(self, weight, bias, stream)
+    return x
+
+
+def _uses_fp8_matmul(cls: type) -> bool:
+    """Whether ``cls.forward_comfy_cast_weights`` may route through ``comfy.ops.fp8_linear``."""
+    fn = getattr(cls, "forward_comfy_cast_weights", None)
+    return "fp8_linear" in getattr(getattr(fn, "__code__", None), "co_names", ())
+
+
 def _patch_in_place(shadow: nn.Module) -> None:
-    """Give shadow modules whose ComfyUI forward writes in place an out-of-place forward (same values), and
-    ComfyUI's ``CrossAttention`` shadows an attention slot (:data:`ATTENTION_SLOT`). Only the private shadows
-    change: the user's modules are never touched."""
+    """Give shadow modules whose ComfyUI forward writes in place an out-of-place forward (same values), fp8
+    ``Linear`` layers a differentiable cast path (:func:`_cast_linear_forward`), and ComfyUI's ``CrossAttention``
+    an attention slot (:data:`ATTENTION_SLOT`). Only the private shadows change: the user's modules are never
+    touched."""
     cls = type(shadow)
     key = (cls.__module__, cls.__name__)
     fn = OUT_OF_PLACE.get(key)
@@ -176,6 +217,8 @@ def _patch_in_place(shadow: nn.Module) -> None:
     if slot is not None:
         shadow.__dict__["forward"] = slot.__get__(shadow, cls)
         shadow.__dict__["attention_fn"] = None
+    if _uses_fp8_matmul(cls):
+        shadow.__dict__["forward_comfy_cast_weights"] = _cast_linear_forward.__get__(shadow, cls)
 
 
 class _Shadow:
