@@ -1,6 +1,7 @@
 """Comparison benchmark: every published defense in one loop, Anti-I2V's table on our surrogates.
 
-For each surrogate family (``--families``; default the tiny random-weight cogvideox, wan21 and svd, CPU) and
+For each surrogate family (``--families``; default the tiny random-weight cogvideox, wan21, svd, dynamicrafter and
+opensora, CPU: the Anti-I2V paper's three backbones CogVideoX, DynamiCrafter and Open-Sora 1.2 among them) and
 one photo (``--photo``, default scikit-image's astronaut portrait, loaded from the installed package):
 
 1. the clean photo (8-bit) and its JPEG copy each give one reference video (same seed and settings for every
@@ -37,7 +38,7 @@ Tiny random-weight models are not real I2V models: their videos are noise, so dr
 only show that the machinery runs; they say nothing about how strong any defense is against real weights.
 The photo figures and the cost are real for these settings.
 
-Usage: python bench/compare.py [--families cogvideox,wan21,svd] [--methods all] [--spaces own,dsp]
+Usage: python bench/compare.py [--families cogvideox,wan21,svd,dynamicrafter,opensora] [--methods all] [--spaces own,dsp]
        [--steps 20|paper] [--eps 8|paper] [--size 256] [--frames N] [--out DIR]
 """
 
@@ -73,7 +74,7 @@ STAND_INS = {
                                   "the surrogate's VAE (a feature distance, not a self-supervised ViT)",
 }
 NONE = "none"
-DEFAULTS = {"families": "cogvideox,wan21,svd", "spaces": "own,dsp", "steps": "20", "eps": "8", "size": 256,
+DEFAULTS = {"families": "cogvideox,wan21,svd,dynamicrafter,opensora", "spaces": "own,dsp", "steps": "20", "eps": "8", "size": 256,
             "gen_steps": 2}
 
 

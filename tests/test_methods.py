@@ -284,6 +284,26 @@ class TestTemporalAttention:
         assert any(isinstance(t, I2VGuardTemporalLoss) for t in obj.terms)
         assert not any("temporal attack left out" in n for n in obj.notes)
 
+    def test_i2vguard_negative_is_the_generated_clean_video(self, temporal):
+        """The diffusion attack's negative: the family's own sampler's latent video of the clean photo (seeded, in
+        clean_latent's layout), not the still video."""
+        size = temporal.working_size(40, 48)
+        photo = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(4))
+        target = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            still = temporal.clean_latent(temporal.encode_image(photo))
+        obj = get_method("i2vguard").objective(temporal, generation_steps=2)
+        assert not any("cannot generate" in n for n in obj.notes)
+        (term,) = [t for t in obj.terms if isinstance(t, I2VGuardDiffusionLoss)]
+        state = term.prepare(temporal, photo=photo, target=target)
+        z = temporal.generate_latent(photo, num_inference_steps=2, seed=0)
+        assert state["source"] == "generated" and state["negative"].shape == still.shape == z.shape
+        torch.testing.assert_close(state["negative"], z.float(), atol=0, rtol=0)  # seed 0 for the first photo
+        assert not torch.allclose(z.float(), still, atol=1e-3)
+        if temporal.family != "svd":  # our own samplers (SVD's is diffusers' pipeline, with its own output types)
+            with pytest.raises(ValueError, match="output_type"):
+                temporal.generate(photo, num_inference_steps=1, output_type="pil")
+
     def test_capture_refuses_what_it_cannot_reproduce(self):
         from anti_i2v.surrogates.attention import capture_attention
 

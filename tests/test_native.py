@@ -428,3 +428,42 @@ def test_svd_temporal_attention_maps_for_i2vguard(native):
     p = native.native_surrogate(model=patched, vae=vae, clip_vision=cv, frames=3)
     with pytest.raises(SurrogateError, match=r"attention map\(s\) of .*time_stack\.0\.attn1.* were not computed"):
         p.features(_photo(3), draw, FeatureRequest(attention=True))
+
+
+@pytest.mark.parametrize("fam", ["wan21", "svd"])
+def test_i2vguard_diffusion_attack_uses_the_clean_generation(native, wan, fam):
+    """I2VGuard's negative is the clean photo's *generated* video (ComfyUI's own sampler, once per photo), in the
+    surrogate's latent layout and convention: the latent :meth:`generate` decodes, not the still video."""
+    from anti_i2v.methods import get_method
+    from anti_i2v.methods.i2vguard import I2VGuardDiffusionLoss
+
+    if fam == "wan21":
+        model, vae = wan
+        s = native.native_surrogate(model=model, vae=vae, frames=5)
+        user = [model.model, vae.first_stage_model]
+    else:
+        model, vae, cv = cm.tiny_svd()
+        s = native.native_surrogate(model=model, vae=vae, clip_vision=cv, frames=3)
+        user = [model.model, vae.first_stage_model, cv.model]
+    before_snap, before_w = _snapshot(user), _weights(user)
+    photo = _photo()
+    with torch.no_grad():
+        still = s.clean_latent(s.encode_image(photo))
+    z = s.generate_latent(photo, num_inference_steps=2, seed=3)
+    assert z.shape == still.shape and z.dtype == torch.float32 and not z.is_inference()
+    assert torch.isfinite(z).all() and not torch.allclose(z, still, atol=1e-3)
+    assert torch.equal(z, s.generate_latent(photo, num_inference_steps=2, seed=3))  # seeded
+    with torch.inference_mode():  # it is the latent the decoded preview video comes from
+        frames = s.vae.decode(s.model.model.process_latent_out(z.cpu().squeeze(0) if fam == "svd" else z.cpu()))
+    video = s.generate(photo, num_inference_steps=2, seed=3)
+    torch.testing.assert_close(frames.reshape(-1, *frames.shape[-3:]).movedim(-1, 1).float(), video,
+                               atol=1e-4, rtol=0)
+
+    obj = get_method("i2vguard").objective(s, generation_steps=2)
+    assert not any("cannot generate" in n for n in obj.notes)
+    (term,) = [t for t in obj.terms if isinstance(t, I2VGuardDiffusionLoss)]
+    state = term.prepare(s, photo=photo, target=torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)))
+    assert state["source"] == "generated" and state["negative"].shape == still.shape
+    assert _snapshot(user) == before_snap
+    for a, b in zip(_weights(user), before_w):
+        assert torch.equal(a, b)

@@ -20,9 +20,11 @@ Three attacks on an I2V model and one combined loss (minimised):
 * **diffusion** (:class:`I2VGuardDiffusionLoss`): a contrastive loss on the denoiser's estimate of the clean video
   latent ``x0_hat`` (from its prediction, :func:`~anti_i2v.methods.base.predict_x0`): towards the target video's
   latent and away from the latent of the clean generation, ``||x0_hat - z_tgt||^2 - ||x0_hat - z_gen||^2``. The
-  clean generation is made **once per photo** before the first iteration (the surrogate's ``generate_latent``:
-  its diffusers pipeline with ``output_type="latent"``, ``generation_steps`` sampler steps, seeded); a surrogate
-  without one (the native ComfyUI adapters) uses the clean photo's still video, and the notes say so. The target video is the target image's still video;
+  clean generation is made **once per photo** before the first iteration (the surrogate's ``generate_latent``,
+  ``generation_steps`` sampler steps, seeded: the diffusers pipeline with ``output_type="latent"`` for CogVideoX,
+  Wan 2.1 and SVD, our DDIM / RFLOW samplers for DynamiCrafter / Open-Sora, ComfyUI's own sampler for the native
+  adapters); a surrogate that cannot generate uses the clean photo's still video, and the notes say so. The target
+  video is the target image's still video;
 * **image distance** (:class:`ImageDistanceLoss`): ``||x' - x||^2`` at the working size, keeping the change small.
 
 Combined: ``L = l_s L_spatial + l_t L_temporal + l_d L_diffusion + l_i L_image`` with weights 1, 1, 1, 1 by default.

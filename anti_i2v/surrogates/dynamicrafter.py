@@ -495,6 +495,7 @@ class DynamiCrafterSurrogate(Surrogate):
     """
 
     family = "dynamicrafter"
+    generates_latents = True  # generate(..., output_type="latent"): I2VGuard's clean generation
     native_size = None
 
     def __init__(
@@ -862,6 +863,7 @@ class DynamiCrafterSurrogate(Surrogate):
         guidance_scale: float | None = None,
         guidance_rescale: float | None = None,
         eta: float | None = None,
+        output_type: str = "video",
     ) -> Tensor:
         """A short I2V video with upstream's DDIM sampler (``lvdm/models/samplers/ddim.py``), deterministic.
 
@@ -870,12 +872,16 @@ class DynamiCrafterSurrogate(Surrogate):
         (the concatenated latent stays), ``guidance_rescale`` (``rescale_noise_cfg``), DDIM with ``eta`` and the
         dynamic-rescale correction of x0, then decodes each frame with the VAE. Defaults are the variant's
         ``scripts/run.sh`` settings (7.5, 0.7 for 512/1024, eta 1, trailing timesteps for 512/1024).
+        ``output_type="latent"`` returns the sampled latent before decoding instead, (1, C, T, h, w) on the
+        surrogate's device, scaled like :meth:`clean_latent` (:meth:`generate_latent`).
 
         Returns:
             (F, 3, h, w) float32 video in [0, 1] on CPU at the working size.
         """
         from ..protect import resize_to
 
+        if output_type not in ("video", "latent"):
+            raise ValueError(f"output_type must be 'video' or 'latent', got {output_type!r}")
         image = self._generate_image(image, num_inference_steps)
         frames = self.num_frames if num_frames is None else int(num_frames)
         if frames < 1:
@@ -922,6 +928,8 @@ class DynamiCrafterSurrogate(Surrogate):
                     s = float(sig[i])
                     noise = torch.randn(z.shape, generator=gen).to(self.device)
                     z = float(a_prev[i].sqrt()) * x0 + max(1 - float(a_prev[i]) - s * s, 0.0) ** 0.5 * eps + s * noise
+                if output_type == "latent":
+                    return z.float()
                 lat = z[0].permute(1, 0, 2, 3) / self.scale_factor  # (T, C, h, w), per-frame decode
                 video = torch.cat([self.vae.decode(self._to_model(f[None])).sample.float() for f in lat])
         finally:

@@ -141,6 +141,7 @@ class OpenSoraSurrogate(Surrogate):
     """
 
     family: ClassVar[str] = "opensora"
+    generates_latents = True  # generate(..., output_type="latent"): I2VGuard's clean generation
     default_size: ClassVar[tuple[int, int]] = (240, 432)
 
     def __init__(
@@ -414,6 +415,7 @@ class OpenSoraSurrogate(Surrogate):
         seed: int = 0,
         num_frames: int | None = None,
         guidance_scale: float = 1.0,
+        output_type: str = "video",
     ) -> Tensor:
         """A short I2V video with upstream's ``RFLOW`` sampler (rewritten here) and this VAE's decoder.
 
@@ -427,12 +429,16 @@ class OpenSoraSurrogate(Surrogate):
             seed: seed of the initial noise (CPU generator).
             num_frames: pixel frames (default :attr:`num_frames`).
             guidance_scale: classifier-free guidance (1 = off).
+            output_type: ``"video"``, or ``"latent"`` for the sampled latent before decoding, (1, 4, T', h, w) on
+                the surrogate's device, in :meth:`clean_latent`'s convention (:meth:`generate_latent`).
 
         Returns:
             (F, 3, h, w) float32 video in [0, 1] on CPU.
         """
         from ..protect import resize_to
 
+        if output_type not in ("video", "latent"):
+            raise ValueError(f"output_type must be 'video' or 'latent', got {output_type!r}")
         image = self._generate_image(image, num_inference_steps)
         frames = self._check_frames(self.num_frames if num_frames is None else num_frames)
         h, w = self.working_size(int(image.shape[-2]), int(image.shape[-1]))
@@ -461,6 +467,8 @@ class OpenSoraSurrogate(Surrogate):
             dt = (t - steps[i + 1].to(self.device)) if i < n - 1 else t
             z = z + v * (dt / NUM_TIMESTEPS).view(-1, 1, 1, 1, 1)
             z[:, :, :1] = ref
+        if output_type == "latent":
+            return z.float()
         video = self.vae.decode(z, num_frames=frames)
         return ((video[0].transpose(0, 1).float() + 1.0) / 2.0).clamp(0, 1).cpu()
 

@@ -682,20 +682,40 @@ class NativeSurrogate(Surrogate):
         Returns:
             (F, 3, H, W) frames in [0, 1] on CPU.
         """
+        with torch.inference_mode():
+            samples = self._sample(image, num_inference_steps, seed, size)
+            frames = self.vae.decode(samples)
+            frames = frames.reshape(-1, *frames.shape[-3:])
+        return frames.movedim(-1, 1).float().cpu().clone()
+
+    #: the native adapters sample with ComfyUI's own sampler (:meth:`_sample`), so they can give the latent too
+    generates_latents = True
+
+    def generate_latent(self, image: Tensor, *, num_inference_steps: int = 3, seed: int = 0) -> Tensor:
+        """The latent video :meth:`generate` samples (before VAE decode), ``process_latent_in`` of it, in the layout
+        of :meth:`clean_latent` (I2VGuard's clean generation), on the surrogate's device, a normal tensor."""
+        with torch.inference_mode():
+            samples = self._sample(image, num_inference_steps, seed, None)
+        samples = samples.clone().to(self.device, torch.float32)  # outside inference mode: a normal tensor
+        with self.bound():
+            return self._latent_video(self.base_model.process_latent_in(samples)).float()
+
+    def _latent_video(self, latent: Tensor) -> Tensor:
+        """The sampler's latent in :meth:`clean_latent`'s layout: (1, C, T, h, w) already for the DiT families."""
+        return latent
+
+    def _sample(self, image: Tensor, num_inference_steps: int, seed: int, size: tuple[int, int] | None) -> Tensor:
+        """``comfy.sample.sample`` of one photo (the sampler's latent, VAE space); call under inference mode."""
         import comfy.sample
 
         image = self._generate_image(image, num_inference_steps)
         h, w = size or self.working_size(image.shape[-2], image.shape[-1])
-        with torch.inference_mode():
-            pixels = image.detach().float().cpu().movedim(1, -1)
-            positive, negative, latent, scheduler, *mask = self._sampling_inputs(pixels, h, w)
-            noise = comfy.sample.prepare_noise(latent, int(seed))
-            samples = comfy.sample.sample(self.model, noise, int(num_inference_steps), 1.0, "euler", scheduler,
-                                          positive, negative, latent, noise_mask=mask[0] if mask else None,
-                                          seed=int(seed), disable_pbar=True)
-            frames = self.vae.decode(samples)
-            frames = frames.reshape(-1, *frames.shape[-3:])
-        return frames.movedim(-1, 1).float().cpu().clone()
+        pixels = image.detach().float().cpu().movedim(1, -1)
+        positive, negative, latent, scheduler, *mask = self._sampling_inputs(pixels, h, w)
+        noise = comfy.sample.prepare_noise(latent, int(seed))
+        return comfy.sample.sample(self.model, noise, int(num_inference_steps), 1.0, "euler", scheduler,
+                                   positive, negative, latent, noise_mask=mask[0] if mask else None,
+                                   seed=int(seed), disable_pbar=True)
 
     def _sampling_inputs(self, pixels: Tensor, h: int, w: int):  # pragma: no cover - per family
         raise NotImplementedError

@@ -139,6 +139,10 @@ class NativeSVDSurrogate(NativeSurrogate):
         """The still video: the scaled photo latent repeated over ``num_frames``, (B, F, 4, h, w)."""
         return cond.latent.float().unsqueeze(1).expand(-1, int(self.num_frames), -1, -1, -1)
 
+    def _latent_video(self, latent: Tensor) -> Tensor:
+        """The sampler's (F, 4, h, w) frames as :meth:`clean_latent`'s (1, F, 4, h, w)."""
+        return latent.unsqueeze(0)
+
     def conditioning_latent(self, cond: Conditioning, draw: NoiseDraw) -> Tensor:
         """The unscaled latent SVD concatenates: of ``pixels + augmentation_level * n`` (n from the draw's seed + 1)."""
         if self.augmentation_level <= 0:

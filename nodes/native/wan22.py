@@ -186,36 +186,32 @@ class NativeWan22MoESurrogate(NativeWan21Surrogate):
         with self.using(self.expert_for(draw)):
             return super().denoise(cond, noisy, draw)
 
-    def generate(self, image: Tensor, *, num_inference_steps: int = 4, seed: int = 0,
-                 size: tuple[int, int] | None = None) -> Tensor:
-        """A short video as the user's two-``KSamplerAdvanced`` graph makes it: the high-noise expert for the steps
-        whose sigma is at or above :attr:`boundary`, the low-noise expert for the rest (euler, ``simple``, cfg 1)."""
+    def _sample(self, image: Tensor, num_inference_steps: int, seed: int, size: tuple[int, int] | None) -> Tensor:
+        """A short video's latent as the user's two-``KSamplerAdvanced`` graph samples it: the high-noise expert
+        for the steps whose sigma is at or above :attr:`boundary`, the low-noise expert for the rest (euler,
+        ``simple``, cfg 1); call under inference mode."""
         import comfy.sample
         import comfy.samplers
 
         image = self._generate_image(image, num_inference_steps)
         h, w = size or self.working_size(image.shape[-2], image.shape[-1])
         steps = int(num_inference_steps)
-        with torch.inference_mode():
-            pixels = image.detach().float().cpu().movedim(1, -1)
-            positive, negative, latent, scheduler = self._sampling_inputs(pixels, h, w)
-            sigmas = comfy.samplers.calculate_sigmas(self.model_high.get_model_object("model_sampling"),
-                                                     scheduler, steps)
-            switch = next((i for i in range(steps) if float(sigmas[i]) < self.boundary), steps)
-            noise = comfy.sample.prepare_noise(latent, int(seed))
-            samples = latent
-            if switch > 0:
-                samples = comfy.sample.sample(self.model_high, noise, steps, 1.0, "euler", scheduler, positive,
-                                              negative, samples, start_step=0, last_step=switch,
-                                              force_full_denoise=switch >= steps, seed=int(seed), disable_pbar=True)
-            if switch < steps:
-                samples = comfy.sample.sample(self.model_low, noise, steps, 1.0, "euler", scheduler, positive,
-                                              negative, samples, disable_noise=switch > 0, start_step=switch,
-                                              last_step=steps, force_full_denoise=True, seed=int(seed),
-                                              disable_pbar=True)
-            frames = self.vae.decode(samples)
-            frames = frames.reshape(-1, *frames.shape[-3:])
-        return frames.movedim(-1, 1).float().cpu().clone()
+        pixels = image.detach().float().cpu().movedim(1, -1)
+        positive, negative, latent, scheduler = self._sampling_inputs(pixels, h, w)
+        sigmas = comfy.samplers.calculate_sigmas(self.model_high.get_model_object("model_sampling"), scheduler, steps)
+        switch = next((i for i in range(steps) if float(sigmas[i]) < self.boundary), steps)
+        noise = comfy.sample.prepare_noise(latent, int(seed))
+        samples = latent
+        if switch > 0:
+            samples = comfy.sample.sample(self.model_high, noise, steps, 1.0, "euler", scheduler, positive,
+                                          negative, samples, start_step=0, last_step=switch,
+                                          force_full_denoise=switch >= steps, seed=int(seed), disable_pbar=True)
+        if switch < steps:
+            samples = comfy.sample.sample(self.model_low, noise, steps, 1.0, "euler", scheduler, positive,
+                                          negative, samples, disable_noise=switch > 0, start_step=switch,
+                                          last_step=steps, force_full_denoise=True, seed=int(seed),
+                                          disable_pbar=True)
+        return samples
 
 
 # ---------------------------------------------------------------------------------------------- TI2V-5B
