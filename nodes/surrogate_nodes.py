@@ -146,6 +146,13 @@ class LoadSurrogateI2V(io.ComfyNode):
                                          "The report states the frames and settings used. fp8: load your model "
                                          "in fp8 (UNETLoader weight_dtype fp8_e4m3fn, or an fp8_scaled file); the "
                                          "attack uses its fp8 weights as loaded."),
+                io.Boolean.Input("fp8_weights", default=False, optional=True,
+                                 tooltip="With low_vram and a diffusers folder: for each protect run, the "
+                                         "denoiser blocks' linear layers the attack runs compute from fp8 "
+                                         "(float8_e4m3fn, per-channel scale) copies on the GPU; the originals wait "
+                                         "on the CPU and come back bit-exact. Changes the gradient slightly "
+                                         "(the report says so). With a connected ComfyUI model, load it in fp8 "
+                                         "in ComfyUI instead."),
             ],
             outputs=[SurrogateType.Output(display_name="surrogate",
                                           tooltip="The I2V surrogate for the protect and preview nodes.")],
@@ -154,11 +161,17 @@ class LoadSurrogateI2V(io.ComfyNode):
     @classmethod
     def execute(cls, family: str, folder: str, dtype: str, frames: int, gradient_checkpointing: bool,
                 model=None, vae=None, clip_vision=None, positive=None, model_2=None,
-                clip_vision_crop: str = "auto", low_vram: bool = False) -> io.NodeOutput:
+                clip_vision_crop: str = "auto", low_vram: bool = False, fp8_weights: bool = False) -> io.NodeOutput:
         if dtype not in DTYPES:
             raise ValueError(f"{NODE_ID}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if int(frames) < 1:
             raise ValueError(f"{NODE_ID}: frames must be >= 1, got {frames}")
+        if fp8_weights and not low_vram:
+            raise ValueError(f"{NODE_ID}: fp8_weights is part of the low-VRAM mode: turn low_vram on too")
+        if fp8_weights and model is not None:
+            raise ValueError(f"{NODE_ID}: fp8_weights applies to a diffusers folder; with a connected ComfyUI model, "
+                             "load it in fp8 in ComfyUI (UNETLoader weight_dtype fp8_e4m3fn, or an fp8_scaled file) "
+                             "and the attack uses those weights as loaded")
         with runtime.node_errors(NODE_ID), runtime.grad_enabled():
             if model is None and model_2 is not None:
                 raise ValueError("model_2 is connected but model is not: connect the high-noise Wan 2.2 model to "
@@ -184,7 +197,7 @@ class LoadSurrogateI2V(io.ComfyNode):
             surrogate = load_surrogate(fam, path, num_frames=int(frames), dtype=DTYPES[dtype],
                                        gradient_checkpointing=bool(gradient_checkpointing))
             if low_vram:
-                surrogate.low_vram = LowVram()
+                surrogate.low_vram = LowVram(fp8=bool(fp8_weights))
             runtime.LOG.info("%s: loaded %s surrogate from %s (%d blocks, %d VAE layers)", NODE_ID, fam, path,
                              surrogate.num_blocks, surrogate.num_vae_layers)
         return io.NodeOutput(runtime.manage_surrogate(surrogate))

@@ -284,6 +284,25 @@ def test_native_comfy_model_and_non_i2v_model(srv):
     assert "text-to-video" in err["exception_message"], err["exception_message"]
 
 
+# ---------------------------------------------------------------------------------------------- low VRAM
+def test_low_vram_and_fp8_weights_on_the_loader(srv):
+    """The loader's ``low_vram`` (+ ``fp8_weights``) on a diffusers folder reaches the protect run (the report
+    states the frames, checkpointing and the fp8 conversion); ``fp8_weights`` alone is refused by name."""
+    entry = run(srv, graph(steps=1, seed=40, blocks="1", vae_layers="", pairs="0:1",
+                           surrogate_inputs={"low_vram": True, "fp8_weights": True}))
+    assert_success(srv, entry)
+    report = json.loads(text_output(entry, "9"))
+    lv = report["settings"]["low_vram"]
+    assert lv["frames"] == 9 and lv["gradient_checkpointing"] is True  # CogVideoX's low-VRAM frame count
+    assert lv["fp8"]["applied"] is True and lv["fp8"]["dtype"] == "float8_e4m3fn" and lv["fp8"]["layers"] > 0
+    assert report["steps_done"] == 1 and 0 < max(report["linf_255"]) <= EPS + 1e-4
+
+    entry = run(srv, graph(steps=1, seed=41, surrogate_inputs={"fp8_weights": True}))
+    err = node_error(entry)
+    assert err["node_type"] == "AntiI2V_LoadSurrogateI2V"
+    assert "fp8_weights is part of the low-VRAM mode: turn low_vram on too" in err["exception_message"]
+
+
 # ---------------------------------------------------------------------------------------------- cancel
 def test_interrupt_stops_within_an_iteration_and_server_continues(srv):
     pid = srv.post_prompt(graph(steps=5000, seed=2))
