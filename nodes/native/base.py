@@ -305,6 +305,24 @@ class _Shadow:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def comfy_encoder_layers(enc: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers of a ``comfy.ldm.modules.diffusionmodules.model.Encoder`` (SVD's and HunyuanVideo's VAE), in
+    forward order: ``conv_in``; per level each ResNet block (and its attention, where the level has any) and the
+    downsample (not after the last level); the mid block's ResNet / attention / ResNet; ``conv_out``."""
+    out = [("encoder.conv_in", enc.conv_in)]
+    for i, level in enumerate(enc.down):
+        attn = getattr(level, "attn", ())
+        for j, blk in enumerate(level.block):
+            out.append((f"encoder.down.{i}.block.{j}", blk))
+            if len(attn) > 0:
+                out.append((f"encoder.down.{i}.attn.{j}", attn[j]))
+        if i != len(enc.down) - 1:
+            out.append((f"encoder.down.{i}.downsample", level.downsample))
+    out += [("encoder.mid.block_1", enc.mid.block_1), ("encoder.mid.attn_1", enc.mid.attn_1),
+            ("encoder.mid.block_2", enc.mid.block_2), ("encoder.conv_out", enc.conv_out)]
+    return out
+
+
 def _comfy():
     """Import the ComfyUI modules used here (only available inside ComfyUI or with its folder on the path)."""
     try:

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from anti_i2v.surrogates.base import Conditioning, NoiseDraw, SurrogateError
 
-from .base import OUT_OF_PLACE, NativeSurrogate, _text_conditioning
+from .base import OUT_OF_PLACE, NativeSurrogate, _text_conditioning, comfy_encoder_layers
 
 __all__ = ["NativeHunyuanVideoSurrogate", "HUNYUAN_GUIDANCE_TYPES"]
 
@@ -191,16 +191,7 @@ class NativeHunyuanVideoSurrogate(NativeSurrogate):
 
     def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
         """The 3-D VAE encoder's layers (``comfy.ldm.modules.diffusionmodules.model.Encoder``, as SVD's)."""
-        enc = self._vae_shadow.root.encoder
-        out = [("encoder.conv_in", enc.conv_in)]
-        for i, level in enumerate(enc.down):
-            for j, blk in enumerate(level.block):
-                out.append((f"encoder.down.{i}.block.{j}", blk))
-            if i != len(enc.down) - 1:
-                out.append((f"encoder.down.{i}.downsample", level.downsample))
-        out += [("encoder.mid.block_1", enc.mid.block_1), ("encoder.mid.attn_1", enc.mid.attn_1),
-                ("encoder.mid.block_2", enc.mid.block_2), ("encoder.conv_out", enc.conv_out)]
-        return out
+        return comfy_encoder_layers(self._vae_shadow.root.encoder)
 
     def default_objective(self):
         """The paper's depth ratios over the one block list (HunyuanVideo, 20 double + 40 single blocks: IRA on

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from anti_i2v.surrogates.base import Conditioning, NoiseDraw, SurrogateError
 from anti_i2v.surrogates.svd import unet_default_objective
 
-from .base import NativeSurrogate, _clip_vision_encode
+from .base import NativeSurrogate, _clip_vision_encode, comfy_encoder_layers
 
 __all__ = ["NativeSVDSurrogate"]
 
@@ -65,18 +65,7 @@ class NativeSVDSurrogate(NativeSurrogate):
         return out
 
     def vae_encoder_layers(self) -> Sequence[tuple[str, nn.Module]]:
-        enc = self._vae_shadow.root.encoder
-        out = [("encoder.conv_in", enc.conv_in)]
-        for i, level in enumerate(enc.down):
-            for j, blk in enumerate(level.block):
-                out.append((f"encoder.down.{i}.block.{j}", blk))
-                if len(level.attn) > 0:
-                    out.append((f"encoder.down.{i}.attn.{j}", level.attn[j]))
-            if i != len(enc.down) - 1:
-                out.append((f"encoder.down.{i}.downsample", level.downsample))
-        out += [("encoder.mid.block_1", enc.mid.block_1), ("encoder.mid.attn_1", enc.mid.attn_1),
-                ("encoder.mid.block_2", enc.mid.block_2), ("encoder.conv_out", enc.conv_out)]
-        return out
+        return comfy_encoder_layers(self._vae_shadow.root.encoder)
 
     def _block_layout(self) -> list[tuple[int, int]]:
         """(channels, resolution level) of each block's output, read from the U-Net's layers."""
