@@ -184,6 +184,18 @@ def manage_surrogate(surrogate: Surrogate) -> Surrogate:
     return surrogate
 
 
+def _load_models(surrogate: Surrogate) -> None:
+    """``load_models_gpu`` of the surrogate's ComfyUI patchers; for the pack's own diffusers modules (now on the
+    load device) the cached tensors (prompt embeddings) follow."""
+    import comfy.model_management as mm
+
+    patchers = list(getattr(surrogate, "comfy_patchers", None) or [])
+    if patchers:
+        mm.load_models_gpu(patchers, force_full_load=True)
+        if getattr(surrogate, "comfy_owned", False):
+            surrogate.to(patchers[0].load_device)
+
+
 @contextlib.contextmanager
 def loaded_for_run(surrogate: Surrogate) -> Iterator[Surrogate]:
     """Ask ComfyUI to load the surrogate's models on its compute device for the block.
@@ -193,12 +205,7 @@ def loaded_for_run(surrogate: Surrogate) -> Iterator[Surrogate]:
     """
     import comfy.model_management as mm
 
-    patchers = list(getattr(surrogate, "comfy_patchers", None) or [])
-    if patchers:
-        mm.load_models_gpu(patchers, force_full_load=True)
-        if getattr(surrogate, "comfy_owned", False):
-            # our own diffusers modules are now on the load device: move the cached prompt embeddings too
-            surrogate.to(patchers[0].load_device)
+    _load_models(surrogate)
     try:
         yield surrogate
     except BaseException:
@@ -246,11 +253,7 @@ def member_loaded(surrogate: Surrogate, *, offload: bool = False) -> Iterator[Su
     import comfy.model_management as mm
 
     mm.throw_exception_if_processing_interrupted()
-    patchers = list(getattr(surrogate, "comfy_patchers", None) or [])
-    if patchers:
-        mm.load_models_gpu(patchers, force_full_load=True)
-        if getattr(surrogate, "comfy_owned", False):
-            surrogate.to(patchers[0].load_device)
+    _load_models(surrogate)
     try:
         yield surrogate
     finally:
