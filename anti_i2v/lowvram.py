@@ -298,13 +298,15 @@ class _Fp8State:
         self.q = self.scale = self.original = None
 
 
-#: the layers converted by the runs now in progress, by id of the module (for :func:`fp8_weight` / measurements)
-_ACTIVE: dict[int, _Fp8State] = {}
+def _fp8_state(module: nn.Module) -> _Fp8State | None:
+    """The conversion a run in progress applied to ``module`` (its swapped-in forward's owner), or None."""
+    st = getattr(vars(module).get("forward"), "__self__", None)
+    return st if isinstance(st, _Fp8State) else None
 
 
 def fp8_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The (fp8 weight, scale) ``module`` computes with during an fp8 run, or None."""
-    st = _ACTIVE.get(id(module))
+    st = _fp8_state(module)
     return None if st is None or st.q is None else (st.q, st.scale)
 
 
@@ -362,11 +364,10 @@ def applied(surrogate, objective, settings: LowVram | None = None) -> Iterator[P
         if p.fp8 is not None and p.fp8["applied"]:
             device = surrogate.device
             for _name, m in _fp8_layers(surrogate, deepest, need_output):
-                if id(m) in _ACTIVE:  # the same module in two runs at once (an ensemble sharing weights)
+                if _fp8_state(m) is not None:  # the same module in two runs at once (an ensemble sharing weights)
                     continue
                 st = _Fp8State(m, device, target)
                 converted.append(st)
-                _ACTIVE[id(m)] = st
                 st.swap_in()
             p.fp8["weight_bytes_on_device"] = int(sum(st.q.numel() * st.q.element_size()
                                                       + st.scale.numel() * st.scale.element_size()
@@ -384,8 +385,6 @@ def applied(surrogate, objective, settings: LowVram | None = None) -> Iterator[P
                 st.restore()
             except BaseException as exc:  # pragma: no cover - a device copy failing (out of memory)
                 failed = failed or exc
-            finally:
-                _ACTIVE.pop(id(st.module), None)
         if failed is not None:  # pragma: no cover
             raise failed
         for m, dev in moved:
