@@ -21,6 +21,7 @@ from anti_i2v.methods.mist import MistTexturalLoss
 from anti_i2v.methods.sds import SDSLoss
 from anti_i2v.methods.vgmshield import VGMShieldLoss
 from anti_i2v.surrogates import tiny_surrogate
+from anti_i2v.surrogates.attention import has_attention_slot
 from anti_i2v.surrogates.base import FeatureRequest, Features
 from tests.toy_surrogate import ToySurrogate
 
@@ -205,7 +206,7 @@ def temporal(request):
 
 def _attn_state(m):
     """What capture_attention swaps: the diffusers processor, or the attention slot."""
-    return ("slot", m.attention_fn) if "attention_fn" in vars(m) else ("processor", m.processor)
+    return ("slot", m.attention_fn) if has_attention_slot(m) else ("processor", m.processor)
 
 
 def _query_weight(attn):
@@ -327,8 +328,8 @@ def _state(s):
 class TestInvariants:
     @pytest.mark.parametrize("name", METHOD_NAMES)
     def test_model_unchanged_cancel_and_settings(self, name, temporal):
-        svd = temporal  # every family with temporal attention (I2VGuard reads its maps): svd, dynamicrafter, opensora
-        before = _state(svd)
+        """Every family with temporal attention (I2VGuard reads its maps there): svd, dynamicrafter, opensora."""
+        before = _state(temporal)
         x = torch.rand(1, 3, 30, 34, generator=torch.Generator().manual_seed(2))
         x0 = x.clone()
         calls = []
@@ -337,12 +338,12 @@ class TestInvariants:
             calls.append(p.step)
             return False  # cancel after the first iteration
 
-        r = run_method(name, x, svd, steps=3, callback=stop)
+        r = run_method(name, x, temporal, steps=3, callback=stop)
         assert r.cancelled and calls == [1] and len(r.history) == 1
         assert r.settings["method"] == name and r.settings["space"] == get_method(name).space
         assert torch.equal(x, x0)
         assert max(r.linf) <= get_method(name).eps + 1e-4
-        after = _state(svd)
+        after = _state(temporal)
         assert after[1:] == before[1:]
         assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
 

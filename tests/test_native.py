@@ -390,6 +390,7 @@ def test_svd_temporal_attention_maps_for_i2vguard(native):
     patch that bypasses the module refused by name."""
     from anti_i2v.methods import get_method
     from anti_i2v.methods.i2vguard import I2VGuardTemporalLoss
+    from anti_i2v.surrogates.attention import has_attention_slot
 
     model, vae, cv = cm.tiny_svd()
     user = [model.model, vae.first_stage_model, cv.model]
@@ -418,7 +419,7 @@ def test_svd_temporal_attention_maps_for_i2vguard(native):
     for a, b in zip(_weights(user), before_w):
         assert torch.equal(a, b)
     for root in user:  # the slot lives on the private shadows only
-        assert not any("attention_fn" in vars(m) or "forward" in vars(m) for m in root.modules())
+        assert not any(has_attention_slot(m) or "forward" in vars(m) for m in root.modules())
 
     import comfy.ldm.modules.attention as ca
 
